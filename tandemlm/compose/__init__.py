@@ -1,0 +1,10 @@
+"""Nodes, the pipeline graph, its validation and the stage-batched executor."""
+
+from tandemlm.compose.graph import build_graph, to_mermaid
+from tandemlm.compose.lm_node import LMNode
+from tandemlm.compose.node import Node, Step
+from tandemlm.compose.pipeline import Pipeline
+from tandemlm.compose.trace import ExampleResult, NodeTrace
+
+__all__ = ["ExampleResult", "LMNode", "Node", "NodeTrace", "Pipeline", "Step", "build_graph",
+           "to_mermaid"]

@@ -1,0 +1,122 @@
+"""Build and validate a pipeline's graph with networkx, before anything runs.
+
+Edges come from field names: a node that reads field `f` depends on the one node that produces
+`f`. Explicit `(producer, consumer)` edges add ordering on top. Every error names the node and
+the field, and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import networkx as nx
+
+from tandemlm.compose.node import Node
+from tandemlm.runtime import GraphError, Model
+
+
+def _compatible(produced: Any, consumed: Any) -> bool:
+    if produced is Any or consumed is Any or produced == consumed:
+        return True
+    if isinstance(produced, type) and isinstance(consumed, type):
+        return issubclass(produced, consumed)
+    p_origin, c_origin = typing.get_origin(produced), typing.get_origin(consumed)
+    if p_origin is not None and p_origin == c_origin:
+        p_args, c_args = typing.get_args(produced), typing.get_args(consumed)
+        return len(p_args) == len(c_args) and all(map(_compatible, p_args, c_args))
+    return False
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
+
+
+def producers_of(nodes: Iterable[Node]) -> dict[str, str]:
+    """field -> the name of the node producing it; raises on two producers."""
+    producers: dict[str, str] = {}
+    for node in nodes:
+        for field in node.output_fields:
+            if field in producers:
+                raise GraphError(f"field '{field}' is produced by two nodes, '{producers[field]}' "
+                                 f"and '{node.name}'; a field must have exactly one producer — "
+                                 f"rename one of the outputs")
+            producers[field] = node.name
+    return producers
+
+
+def build_graph(nodes: list[Node], *, models: Mapping[str, Model],
+                inputs: Iterable[str] | None = None,
+                edges: Iterable[tuple[str, str]] = ()) -> nx.DiGraph:
+    """Return the validated DAG of `nodes` (node name -> node, edges labelled with fields)."""
+    graph = nx.DiGraph()
+    for node in nodes:
+        if not getattr(node, "name", None):
+            raise GraphError(f"node {node!r} has no name")
+        if node.name in graph:
+            raise GraphError(f"two nodes are named '{node.name}'; node names must be unique")
+        graph.add_node(node.name, node=node)
+        if isinstance(node.model, str) and node.model not in models:
+            known = ", ".join(sorted(models)) or "none"
+            raise GraphError(f"node '{node.name}' uses model '{node.model}', which the pipeline "
+                             f"does not bind (bound models: {known}); pass models={{'{node.model}': "
+                             f"Model(...)}}")
+    producers = producers_of(nodes)
+    supplied = set(inputs) if inputs is not None else None
+    for node in nodes:
+        for field, wanted in node.input_fields.items():
+            producer = producers.get(field)
+            if producer is None:
+                if supplied is not None and field not in supplied:
+                    raise GraphError(f"node '{node.name}' reads field '{field}', which no node "
+                                     f"produces and the inputs don't supply; add it to the inputs "
+                                     f"or to a node's outputs")
+                continue
+            if producer == node.name:
+                raise GraphError(f"node '{node.name}' reads its own output field '{field}'")
+            made = graph.nodes[producer]["node"].output_fields[field]
+            if not _compatible(made, wanted):
+                raise GraphError(f"type mismatch on field '{field}': node '{producer}' produces "
+                                 f"{_type_name(made)} but node '{node.name}' expects "
+                                 f"{_type_name(wanted)}; make the two annotations agree")
+            graph.add_edge(producer, node.name)
+            graph.edges[producer, node.name].setdefault("fields", []).append(field)
+    for src, dst in edges:
+        for end in (src, dst):
+            if end not in graph:
+                raise GraphError(f"edge ({src!r}, {dst!r}) names unknown node '{end}'")
+        graph.add_edge(src, dst)
+        graph.edges[src, dst].setdefault("fields", [])
+    try:
+        cycle = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        return graph
+    path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
+    fields = ", ".join(f"'{f}'" for u, v in cycle for f in graph.edges[u, v]["fields"])
+    raise GraphError(f"the pipeline has a cycle: {path} (through fields {fields or 'explicit edges'}); "
+                     f"a pipeline must be a DAG — use a composite node for loops")
+
+
+def stages(graph: nx.DiGraph) -> list[list[str]]:
+    """Topological generations: nodes of one stage do not depend on each other."""
+    return [sorted(stage) for stage in nx.topological_generations(graph)]
+
+
+def to_mermaid(graph: nx.DiGraph, inputs: Iterable[str]) -> str:
+    """A Mermaid flowchart of the pipeline: inputs, nodes (with models) and field edges."""
+    lines = ["flowchart LR"]
+    for field in sorted(inputs):
+        lines.append(f'  in_{field}(["{field}"])')
+    for name in nx.topological_sort(graph):
+        node = graph.nodes[name]["node"]
+        model = node.model.name if isinstance(node.model, Model) else node.model
+        label = f"{name}<br/>{model}" if model else f"{name}<br/>(python)"
+        lines.append(f'  {name}["{label}"]')
+        for field in node.input_fields:
+            if field in inputs:
+                lines.append(f"  in_{field} -->|{field}| {name}")
+    for u, v, data in graph.edges(data=True):
+        label = ", ".join(data["fields"])
+        lines.append(f"  {u} -->|{label}| {v}" if label else f"  {u} -.-> {v}")
+    return "\n".join(lines)

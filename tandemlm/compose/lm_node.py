@@ -1,0 +1,183 @@
+"""`LMNode`: a typed LM call — a DSPy signature bound to a model, with instructions and demos.
+
+Prompts are formatted and parsed with a DSPy adapter (ChatAdapter by default); the backend
+applies the model's chat template. A node with `prompt_field` sends that input's text to the
+model unformatted (a raw prompt) and takes the whole completion as its single output — that
+is how `recorded` models, which only know the exact prompts they saw, are replayed.
+
+An `LMNode` is a `dspy.Predict`, so `Pipeline.named_predictors()` lists it and DSPy optimizers
+can read and set its `demos` and `signature`.
+
+    answer = LMNode("question -> answer", model="large", instructions="Answer briefly.")
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import dspy
+from dspy.adapters import Adapter, ChatAdapter
+
+from tandemlm.compose.node import Fields, Node
+from tandemlm.compose.trace import NodeTrace
+from tandemlm.runtime import ConfigError, GenRequest, GenResult, Model, ParseError, TandemError
+
+
+def _demo_dict(demo: Any) -> dict[str, Any]:
+    return dict(demo.toDict() if hasattr(demo, "toDict") else demo)
+
+
+class LMNode(dspy.Predict, Node):
+    """An LM call node.
+
+    Args:
+        signature: DSPy signature, "question -> answer" or a `dspy.Signature` class.
+        model: a `Model`, or the name of a model bound by the pipeline (`Pipeline(models=...)`).
+        name: node name (unique in its pipeline); defaults to the signature's outputs joined.
+        instructions: replaces the signature's instructions.
+        demos: demonstrations, dicts with the signature's fields.
+        adapter: DSPy adapter used to format and parse (ChatAdapter by default).
+        prompt_field: send this input's value as a raw prompt instead of formatting.
+        key_field: send this input's value as the request key (a replay row id).
+        max_tokens, temperature, top_p, n, seed, stop: generation options.
+    """
+
+    def __init__(self, signature: str | type[dspy.Signature], *, model: Model | str,
+                 name: str | None = None, instructions: str | None = None,
+                 demos: list[dict[str, Any]] | None = None, adapter: Adapter | None = None,
+                 prompt_field: str | None = None, key_field: str | None = None,
+                 max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, n: int = 1,
+                 seed: int | None = None, stop: tuple[str, ...] = ()) -> None:
+        try:
+            super().__init__(signature, max_tokens=max_tokens, temperature=temperature,
+                             top_p=top_p, n=n, seed=seed, stop=tuple(stop))
+        except Exception as exc:
+            raise ConfigError(f"invalid signature {signature!r}: {exc}") from None
+        if instructions is not None:
+            self.signature = self.signature.with_instructions(instructions)
+        self.model = model
+        self.name = name or "_".join(self.signature.output_fields)
+        self.demos = list(demos or [])
+        self.adapter = adapter or ChatAdapter()
+        self.prompt_field, self.key_field = prompt_field, key_field
+        if prompt_field is not None and prompt_field not in self.signature.input_fields:
+            raise ConfigError(f"node '{self.name}': prompt_field '{prompt_field}' is not an input "
+                              f"field of its signature ({', '.join(self.signature.input_fields)})")
+        if prompt_field is not None and len(self.signature.output_fields) != 1:
+            raise ConfigError(f"node '{self.name}': a raw-prompt node (prompt_field) takes the "
+                              f"whole completion as its output, so it needs exactly one output field")
+
+    @property
+    def input_fields(self) -> Fields:
+        fields = {k: f.annotation for k, f in self.signature.input_fields.items()}
+        if self.key_field is not None:
+            fields.setdefault(self.key_field, Any)
+        return fields
+
+    @property
+    def output_fields(self) -> Fields:
+        return {k: f.annotation for k, f in self.signature.output_fields.items()}
+
+    @property
+    def instructions(self) -> str:
+        return self.signature.instructions
+
+    # -- formatting and parsing -------------------------------------------------------------
+    def request(self, values: dict[str, Any]) -> GenRequest:
+        """The request this node sends for one example's inputs."""
+        c = self.config
+        options = dict(max_new_tokens=c["max_tokens"], temperature=c["temperature"],
+                       top_p=c["top_p"], n=c["n"], seed=c["seed"], stop=c["stop"])
+        key = str(values[self.key_field]) if self.key_field is not None else None
+        if self.prompt_field is not None:
+            return GenRequest(prompt=str(values[self.prompt_field]), key=key, **options)
+        inputs = {k: values[k] for k in self.signature.input_fields}
+        demos = [_demo_dict(d) for d in self.demos]
+        messages = self.adapter.format(self.signature, demos=demos, inputs=inputs)
+        return GenRequest(messages=tuple(messages), key=key, **options)
+
+    def parse(self, text: str) -> dict[str, Any]:
+        """Parse one completion into this node's output fields; raises `ParseError`."""
+        if self.prompt_field is not None:
+            return {next(iter(self.signature.output_fields)): text.strip()}
+        try:
+            parsed = self.adapter.parse(self.signature, text)
+        except Exception as exc:
+            raise ParseError(f"node '{self.name}' could not parse the model output into fields "
+                             f"{list(self.signature.output_fields)}: {str(exc).splitlines()[0]}",
+                             raw=text, expected=tuple(self.signature.output_fields)) from None
+        return {k: parsed[k] for k in self.signature.output_fields}
+
+    # -- execution -------------------------------------------------------------------------
+    def run_batch(self, inputs: list[dict[str, Any]], model: Model | None) -> list[NodeTrace]:
+        if model is None:
+            raise ConfigError(f"node '{self.name}' has no model bound")
+        traces = [NodeTrace(node=self.name, inputs=values, model=model.name) for values in inputs]
+        pending: list[tuple[int, GenRequest]] = []
+        for i, values in enumerate(inputs):
+            try:
+                pending.append((i, self.request(values)))
+            except Exception as exc:
+                traces[i].error = f"could not format the prompt: {type(exc).__name__}: {exc}"
+        # One batch per attempt; an output that fails to parse is retried once, then recorded.
+        for attempt in range(2):
+            if not pending:
+                break
+            results = model.generate([req for _, req in pending])
+            retry = []
+            for (i, req), result in zip(pending, results, strict=True):
+                self._account(traces[i], model, result)
+                error = self._absorb(traces[i], result)
+                if error is not None and attempt == 0 and result.ok:
+                    retry.append((i, req))
+            pending = retry
+        self._record_dspy_trace(traces)
+        return traces
+
+    def _account(self, trace: NodeTrace, model: Model, result: GenResult) -> None:
+        cost = model.cost(result)
+        trace.calls += 1
+        trace.latency_s += result.latency_s
+        trace.raw.extend(result.texts)
+        if result.tokens_in is not None:
+            trace.tokens_in = (trace.tokens_in or 0) + result.tokens_in
+        if result.tokens_out is not None:
+            trace.tokens_out = (trace.tokens_out or 0) + result.tokens_out
+        if cost.usd is not None:
+            trace.cost_usd = (trace.cost_usd or 0.0) + cost.usd
+        if cost.flops is not None:
+            trace.flops = (trace.flops or 0.0) + cost.flops
+
+    def _absorb(self, trace: NodeTrace, result: GenResult) -> str | None:
+        """Set the trace's outputs (or error) from one result; returns the error, if any."""
+        if not result.ok:
+            trace.error = f"backend error: {result.error}"
+            return trace.error
+        try:
+            outputs = self.parse(result.text)
+        except TandemError as exc:
+            trace.error = str(exc)
+            return trace.error
+        trace.outputs, trace.error = outputs, None
+        return None
+
+    def _record_dspy_trace(self, traces: list[NodeTrace]) -> None:
+        """Append (predictor, inputs, prediction) to DSPy's trace, as dspy.Predict does, so DSPy
+        optimizers (BootstrapFewShot) see this node's calls."""
+        trace = dspy.settings.trace
+        if trace is None:
+            return
+        for t in traces:
+            if t.ok:
+                trace.append((self, dict(t.inputs), dspy.Prediction(**t.outputs)))
+
+    def forward(self, **kwargs: Any) -> dspy.Prediction:
+        """Run this node alone on one example (its model must be a `Model`, not a name)."""
+        if not isinstance(self.model, Model):
+            raise ConfigError(f"node '{self.name}' is bound to model name {self.model!r}; run it "
+                              f"inside a Pipeline that binds that name, or pass a Model")
+        (trace,) = self.run_batch([kwargs], self.model)
+        if trace.error is not None:
+            raise TandemError(trace.error)
+        return dspy.Prediction(**trace.outputs)

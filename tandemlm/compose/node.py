@@ -1,0 +1,94 @@
+"""Nodes: the steps of a pipeline. A node declares typed input and output fields and runs a
+batch of examples at once; `Step` wraps a plain Python function."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from tandemlm.compose.trace import NodeTrace
+from tandemlm.runtime import ConfigError, Model
+
+Fields = dict[str, Any]  # field name -> type annotation (Any when undeclared)
+
+
+def as_fields(spec: Mapping[str, Any] | Iterable[str] | str) -> Fields:
+    """Normalise 'a, b', ['a', 'b'] or {'a': int} to {'a': Any, ...}."""
+    if isinstance(spec, str):
+        spec = [s.strip() for s in spec.split(",") if s.strip()]
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    return {name: Any for name in spec}
+
+
+class Node:
+    """Interface of every node.
+
+    `run_batch(inputs, model)` gets one dict of input fields per example and returns one
+    `NodeTrace` per example, in order; a failing example sets `error` on its trace and never
+    raises. `model` is the resolved model for LM nodes and None for Python steps.
+    """
+
+    name: str
+    model: Model | str | None = None
+
+    @property
+    def input_fields(self) -> Fields:
+        raise NotImplementedError
+
+    @property
+    def output_fields(self) -> Fields:
+        raise NotImplementedError
+
+    def run_batch(self, inputs: list[dict[str, Any]], model: Model | None) -> list[NodeTrace]:
+        raise NotImplementedError
+
+
+class Step(Node):
+    """A plain Python step: `fn(**inputs)` returns a dict of the declared outputs (or, with one
+    output, the value itself).
+
+        Step(lambda question: question.strip().lower(), inputs="question", outputs="normalized")
+    """
+
+    def __init__(self, fn: Callable[..., Any], *, inputs: Mapping[str, Any] | Iterable[str] | str,
+                 outputs: Mapping[str, Any] | Iterable[str] | str, name: str | None = None) -> None:
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "step")
+        if self.name == "<lambda>":
+            raise ConfigError("a Step built from a lambda needs name=...")
+        self._inputs, self._outputs = as_fields(inputs), as_fields(outputs)
+        if not self._outputs:
+            raise ConfigError(f"step '{self.name}' declares no outputs")
+
+    @property
+    def input_fields(self) -> Fields:
+        return self._inputs
+
+    @property
+    def output_fields(self) -> Fields:
+        return self._outputs
+
+    def _call(self, values: dict[str, Any]) -> dict[str, Any]:
+        result = self.fn(**values)
+        names = list(self._outputs)
+        if len(names) == 1 and not (isinstance(result, Mapping) and set(result) == set(names)):
+            return {names[0]: result}
+        if not isinstance(result, Mapping) or set(result) != set(names):
+            got = sorted(result) if isinstance(result, Mapping) else type(result).__name__
+            raise ConfigError(f"step '{self.name}' must return a dict with keys {names}, got {got}")
+        return dict(result)
+
+    def run_batch(self, inputs: list[dict[str, Any]], model: Model | None) -> list[NodeTrace]:
+        traces = []
+        for values in inputs:
+            start = time.perf_counter()
+            trace = NodeTrace(node=self.name, inputs=values)
+            try:
+                trace.outputs = self._call(values)
+            except Exception as exc:  # a user function failing sinks only its example
+                trace.error = f"{type(exc).__name__}: {exc}"
+            trace.latency_s = time.perf_counter() - start
+            traces.append(trace)
+        return traces

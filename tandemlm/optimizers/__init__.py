@@ -1,0 +1,1 @@
+"""The compiler: `compile()` and its passes (one file each)."""

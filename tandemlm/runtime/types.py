@@ -1,0 +1,103 @@
+"""Requests and results that cross the backend boundary, one batch at a time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One generation request.
+
+    Exactly one of `messages` (chat messages, formatted by the backend with the model's chat
+    template) or `prompt` (a raw string sent unformatted) is set. `key` is an optional replay key
+    (a recorded row id) that `recorded` backends prefer over the prompt text.
+    """
+
+    messages: tuple[dict[str, str], ...] | None = None
+    prompt: str | None = None
+    key: str | None = None
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("GenRequest needs exactly one of `messages` or `prompt`")
+        if self.messages is not None and not isinstance(self.messages, tuple):
+            object.__setattr__(self, "messages", tuple(self.messages))
+        if not isinstance(self.stop, tuple):
+            object.__setattr__(self, "stop", tuple(self.stop))
+        if self.n < 1:
+            raise ValueError(f"GenRequest.n must be >= 1, got {self.n}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def sampling_key(self) -> tuple[Any, ...]:
+        """Requests with equal sampling keys can share one backend batch."""
+        return (self.max_new_tokens, self.temperature, self.top_p, self.n, self.seed, self.stop)
+
+
+@dataclass
+class GenResult:
+    """What a backend returns for one `GenRequest`; `error` set means this request failed alone."""
+
+    texts: list[str] = field(default_factory=list)
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    latency_s: float = 0.0
+    finish_reason: str = "stop"
+    cost_usd: float | None = None
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.texts else ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def failed(cls, error: str, latency_s: float = 0.0) -> "GenResult":
+        return cls(texts=[], error=error, latency_s=latency_s, finish_reason="error")
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Log-probabilities of given continuations after one prompt (e.g. options "Yes"/"No")."""
+
+    continuations: tuple[str, ...]
+    messages: tuple[dict[str, str], ...] | None = None
+    prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("ScoreRequest needs exactly one of `messages` or `prompt`")
+        if self.messages is not None and not isinstance(self.messages, tuple):
+            object.__setattr__(self, "messages", tuple(self.messages))
+        if not isinstance(self.continuations, tuple):
+            object.__setattr__(self, "continuations", tuple(self.continuations))
+        if not self.continuations:
+            raise ValueError("ScoreRequest needs at least one continuation")
+
+
+@dataclass
+class ScoreResult:
+    """Sum of token log-probabilities per continuation, and the per-token values."""
+
+    logprobs: list[float] = field(default_factory=list)
+    token_logprobs: list[list[float]] = field(default_factory=list)
+    tokens_in: int | None = None
+    latency_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None

@@ -1,0 +1,105 @@
+"""Test doubles, labelled as such. Nothing here talks to a real model.
+
+`ScriptedBackend` (registered as backend "scripted") answers from rules, so tests can drive
+control flow deterministically and inspect every request a node sent:
+
+    model = Model("scripted", "echo", reply=lambda req: "[[ ## answer ## ]]\\n42")
+    model.backend.history   # every GenRequest received, in order
+
+Rules, checked in order: `fail` (a predicate or substring: matching requests fail alone),
+`replies` (dict: exact prompt text -> reply), `rules` (list of (substring or predicate, reply)),
+`queue` (replies consumed in order), then `reply` (a string, or callable(request) -> str).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tandemlm.runtime.backend import Backend
+from tandemlm.runtime.errors import ConfigError
+from tandemlm.runtime.types import GenRequest, GenResult, ScoreRequest, ScoreResult
+
+Reply = str | Callable[[GenRequest], str]
+Matcher = str | Callable[[GenRequest], bool]
+
+
+def request_text(request: GenRequest | ScoreRequest) -> str:
+    """The whole text of a request: the raw prompt, or all messages joined."""
+    if request.prompt is not None:
+        return request.prompt
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in request.messages or ())
+
+
+def _matches(matcher: Matcher, request: GenRequest) -> bool:
+    return matcher(request) if callable(matcher) else matcher in request_text(request)
+
+
+class ScriptedBackend(Backend):
+    """TEST DOUBLE: a deterministic backend driven by rules. Not a model."""
+
+    name = "scripted"
+    supports_logprobs = True
+
+    def __init__(self, model_id: str, *, reply: Reply | None = None,
+                 replies: dict[str, str] | None = None,
+                 rules: list[tuple[Matcher, Reply]] | None = None, queue: list[str] | None = None,
+                 fail: Matcher | None = None,
+                 logprob: Callable[[ScoreRequest, str], float] | None = None,
+                 tokens_per_char: float = 0.25, remote: bool = False, **unknown: Any) -> None:
+        if unknown:
+            raise ConfigError(f"unknown scripted backend options: {', '.join(sorted(unknown))}")
+        super().__init__(model_id)
+        self.reply, self.replies, self.rules = reply, dict(replies or {}), list(rules or [])
+        self.queue, self.fail, self.logprob_fn = list(queue or []), fail, logprob
+        self.tokens_per_char = tokens_per_char
+        self.history: list[GenRequest] = []
+        self.batches: list[int] = []
+        self._lock = threading.Lock()
+
+    def _answer(self, request: GenRequest) -> str:
+        text = request_text(request)
+        if text in self.replies:
+            return self.replies[text]
+        for matcher, reply in self.rules:
+            if _matches(matcher, request):
+                return reply(request) if callable(reply) else reply
+        if self.queue:
+            return self.queue.pop(0)
+        if self.reply is None:
+            raise ConfigError(f"scripted model '{self.model_id}' has no reply for: {text[:200]!r}")
+        return self.reply(request) if callable(self.reply) else self.reply
+
+    def _one(self, request: GenRequest) -> GenResult:
+        start = time.perf_counter()
+        if self.fail is not None and _matches(self.fail, request):
+            return GenResult.failed("scripted failure", time.perf_counter() - start)
+        try:
+            texts = [self._answer(request) for _ in range(request.n)]
+        except ConfigError as exc:
+            return GenResult.failed(str(exc))
+        texts = [_cut_at_stop(t, request.stop) for t in texts]
+        tokens_in = max(1, int(len(request_text(request)) * self.tokens_per_char))
+        tokens_out = sum(max(1, int(len(t) * self.tokens_per_char)) for t in texts)
+        return GenResult(texts=texts, tokens_in=tokens_in, tokens_out=tokens_out,
+                         latency_s=time.perf_counter() - start)
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        with self._lock:
+            self.history.extend(requests)
+            self.batches.append(len(requests))
+            return [self._one(r) for r in requests]
+
+    def logprobs(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        if self.logprob_fn is None:
+            raise ConfigError(f"scripted model '{self.model_id}' was given no `logprob` function")
+        return [ScoreResult(logprobs=[float(self.logprob_fn(r, c)) for c in r.continuations],
+                            token_logprobs=[[float(self.logprob_fn(r, c))] for c in r.continuations])
+                for r in requests]
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    cuts = [text.index(s) for s in stop if s in text]
+    return text[: min(cuts)] if cuts else text

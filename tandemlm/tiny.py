@@ -1,0 +1,163 @@
+"""Real tiny transformers models for tests, benchmarks and demos, built locally (no download).
+
+The models are genuine `LlamaForCausalLM` / `GPT2LMHeadModel` checkpoints with a real byte-level
+BPE tokenizer, saved with `save_pretrained` and therefore loaded through the same
+`from_pretrained` path as a downloaded model. Only their size is fake.
+
+    path = build_tiny_lm(tmp / "llama")                 # random weights, chat template
+    train_tiny_lm(path, default_corpus(), steps=100)    # a few seconds on CPU: peaked logits
+
+A freshly initialised model has near-flat logits, so its greedy argmax can flip on float noise;
+a briefly trained one has clear winners, which tests comparing batched and unbatched decoding
+need.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+BOS, EOS, PAD, UNK = "<s>", "<|im_end|>", "<pad>", "<unk>"
+IM_START = "<|im_start|>"
+SPECIAL_TOKENS = (PAD, UNK, BOS, IM_START, EOS)
+
+# ChatML with a leading BOS. The BOS in the template is deliberate: real templates (Llama 3,
+# Gemma, Mistral) carry it too, and the backend must then not add a second one when tokenizing.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_SUBJECTS = ["the cat", "a small model", "the large model", "my friend", "the teacher", "a robot",
+             "the old man", "the verifier", "a student", "the river", "the city", "our team"]
+_VERBS = ["reads", "answers", "checks", "writes", "finds", "sees", "likes", "builds", "solves"]
+_OBJECTS = ["the question", "a book", "the answer", "an apple", "the map", "a long letter",
+            "the plan", "every claim", "the red door", "a simple proof", "the last step"]
+_ENDINGS = ["today.", "again.", "with care.", "before noon.", "in the garden.", "very quickly.",
+            "step by step.", "at the end."]
+
+
+def default_corpus(n: int = 300, seed: int = 0) -> list[str]:
+    """A small deterministic English + output-format corpus (sentences, Q/A, verdicts, chat turns)."""
+    rng = random.Random(seed)
+    texts = []
+    for i in range(n):
+        sentences = " ".join(
+            f"{rng.choice(_SUBJECTS).capitalize()} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} "
+            f"{rng.choice(_ENDINGS)}" for _ in range(rng.randint(1, 4)))
+        a, b = rng.randint(0, 50), rng.randint(0, 50)
+        kind = i % 4
+        if kind == 0:
+            texts.append(sentences)
+        elif kind == 1:
+            texts.append(f"Question: What is {a} plus {b}?\nReasoning: {a} + {b} = {a + b}.\n"
+                         f"Answer: {a + b}")
+        elif kind == 2:
+            verdict = rng.choice(["correct", "incorrect", "retrieval error", "generation error"])
+            texts.append(f"Claim: {sentences}\nVerdict: {verdict}\nConfidence: {rng.random():.2f}")
+        else:
+            texts.append(f"{IM_START}user\n{sentences}{EOS}\n{IM_START}assistant\n"
+                         f"Summary: {rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} "
+                         f"{rng.choice(_OBJECTS)}.{EOS}\n")
+    return texts
+
+
+def build_tokenizer(path: str | Path, texts: list[str], vocab_size: int = 512,
+                    chat_template: bool = True):
+    """Train a byte-level BPE tokenizer on `texts` and save it as a transformers tokenizer.
+
+    Special tokens: bos `<s>` (added in front of every encoded text, like Llama's), eos
+    `<|im_end|>`, pad `<pad>`, unk `<unk>`, and `<|im_start|>`. With `chat_template`, a ChatML
+    template is attached. Returns the `PreTrainedTokenizerFast`.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        additional_special_tokens=[IM_START], add_bos_token=True, add_eos_token=False,
+        model_max_length=2048)
+    if chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(str(path))
+    return tokenizer
+
+
+def build_tiny_lm(path: str | Path, texts: list[str] | None = None, arch: str = "llama",
+                  layers: int = 2, hidden: int = 64, heads: int = 4, seed: int = 0,
+                  chat_template: bool = True, vocab_size: int = 512) -> Path:
+    """Build and save a randomly initialised tiny causal LM (+ tokenizer) at `path`.
+
+    `arch` is "llama" (`LlamaForCausalLM`) or "gpt2" (`GPT2LMHeadModel`); both have 2048
+    positions. The same arguments give the same files (tokenizer training and init are seeded).
+    """
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(path, texts if texts is not None else default_corpus(),
+                                vocab_size=vocab_size, chat_template=chat_template)
+    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if arch == "llama":
+        config = LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 4,
+                             num_hidden_layers=layers, num_attention_heads=heads,
+                             num_key_value_heads=heads, max_position_embeddings=2048,
+                             tie_word_embeddings=False, **ids)
+        model_cls = LlamaForCausalLM
+    elif arch == "gpt2":
+        config = GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=2048, **ids)
+        model_cls = GPT2LMHeadModel
+    else:
+        raise ValueError(f"unknown arch '{arch}'; expected 'llama' or 'gpt2'")
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    model.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+def train_tiny_lm(path: str | Path, texts: list[str], steps: int = 200, lr: float = 3e-3,
+                  batch_size: int = 16, seed: int = 0, max_tokens: int = 256) -> Path:
+    """Briefly train the model saved at `path` on `texts` (causal LM loss, AdamW, CPU); save back.
+
+    Each text is encoded as BOS + text + EOS (truncated to `max_tokens`), so the model also learns
+    to stop. Batches are drawn with a seeded generator: the same call gives the same weights.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    encoded = [tokenizer(text, add_special_tokens=True)["input_ids"][: max_tokens - 1]
+               + [tokenizer.eos_token_id] for text in texts]
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        picks = torch.randint(len(encoded), (min(batch_size, len(encoded)),), generator=generator)
+        batch = [encoded[i] for i in picks.tolist()]
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            labels[row, : len(ids)] = torch.tensor(ids)
+        loss = model(input_ids=input_ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    model.save_pretrained(str(path), safe_serialization=True)
+    return path
