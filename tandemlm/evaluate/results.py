@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tandemlm.compose import ExampleResult
@@ -73,18 +74,22 @@ class EvalResult:
     def table(self) -> Table:
         metric = self.summary["metric"]
         stderr = f" ± {metric['stderr']:.3f}" if metric.get("stderr") is not None else ""
-        table = Table(title=f"{self.summary['program']}: {metric['name']} = "
+        table = Table(title=f"{escape(self.summary['program'])}: {metric['name']} = "
                             f"{metric['mean']:.3f}{stderr} on {self.summary['n']} examples "
                             f"({self.summary['errors']} errors)")
         for column in ("model", "calls", "tokens in", "tokens out", "cost"):
             table.add_column(column, justify="left" if column == "model" else "right")
         for name, usage in self.summary["usage"].items():
-            table.add_row(name, str(usage["calls"]), str(usage["tokens_in"]),
-                          str(usage["tokens_out"]), format_cost(usage))
+            table.add_row(escape(name), str(usage["calls"]), _count(usage["tokens_in"]),
+                          _count(usage["tokens_out"]), format_cost(usage))
         return table
 
     def print(self, console: Console | None = None) -> None:
         (console or Console()).print(self.table())
+
+
+def _count(value: int | None) -> str:
+    return "n/a" if value is None else str(value)
 
 
 def format_cost(usage: dict[str, Any]) -> str:

@@ -33,12 +33,12 @@ def call_cost(tokens_in: int | None, tokens_out: int | None, *, reported_usd: fl
 
 @dataclass
 class ModelUsage:
-    """Aggregated usage of one model."""
+    """Aggregated usage of one model; token counts stay None when the backend reports none."""
 
     calls: int = 0
     failed_calls: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
+    tokens_in: int | None = None
+    tokens_out: int | None = None
     cost_usd: float | None = None
     flops_estimate: float | None = None
 
@@ -46,8 +46,10 @@ class ModelUsage:
             calls: int = 1) -> None:
         self.calls += calls
         self.failed_calls += 0 if ok else calls
-        self.tokens_in += tokens_in or 0
-        self.tokens_out += tokens_out or 0
+        if tokens_in is not None:
+            self.tokens_in = (self.tokens_in or 0) + tokens_in
+        if tokens_out is not None:
+            self.tokens_out = (self.tokens_out or 0) + tokens_out
         if cost.usd is not None:
             self.cost_usd = (self.cost_usd or 0.0) + cost.usd
         if cost.flops is not None:

@@ -1,0 +1,56 @@
+"""The `tandem` command. Commands parse options and call library functions; no logic here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from tandemlm.evaluate import evaluate, load_object, load_program
+from tandemlm.runtime import TandemError
+
+app = typer.Typer(help="tandemlm: compile and evaluate LM pipelines in which small models help "
+                       "large ones.", no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+@app.command("eval")
+def eval_command(
+    program: str = typer.Argument(..., help="PROGRAM.py:NAME or module:NAME of a Pipeline"),
+    data: Path = typer.Option(..., "--data", help="examples: .jsonl, .json or .csv"),
+    metric: str = typer.Option(..., "--metric", help="MODULE:FN or FILE.py:FN"),
+    limit: int | None = typer.Option(None, "--limit", help="evaluate the first N examples"),
+    out: Path | None = typer.Option(None, "--out", help="write results.jsonl and summary.json"),
+    batch_size: int = typer.Option(64, "--batch-size", help="examples per executor batch"),
+    max_errors: int | None = typer.Option(None, "--max-errors", help="abort after N failures"),
+) -> None:
+    """Evaluate a program: quality and cost per model."""
+    try:
+        pipeline = load_program(program)
+        result = evaluate(pipeline, data, load_object(metric, "metric"), limit=limit, out=out,
+                          batch_size=batch_size, max_errors=max_errors)
+    except TandemError as exc:
+        _fail(exc)
+    result.print(console)
+    if out is not None:
+        console.print(f"results written to {out}/results.jsonl and {out}/summary.json")
+
+
+@app.command("graph")
+def graph_command(program: str = typer.Argument(..., help="PROGRAM.py:NAME")) -> None:
+    """Print a program's graph as a Mermaid flowchart."""
+    try:
+        pipeline = load_program(program)
+    except TandemError as exc:
+        _fail(exc)
+    print(pipeline.to_mermaid())
+
+
+if __name__ == "__main__":
+    app()
