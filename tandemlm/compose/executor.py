@@ -8,6 +8,7 @@ One example and N examples go through this same code, so their outputs are ident
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -62,7 +63,10 @@ def run_stages(graph: nx.DiGraph, examples: list[dict[str, Any]], inputs: list[s
             done = [r for group in groups.values() for r in _run_group(group, states, todo)]
         else:
             with ThreadPoolExecutor(max_workers=len(groups)) as pool:
-                futures = [pool.submit(_run_group, g, states, todo) for g in groups.values()]
+                # Each thread runs in a copy of this context, so dspy.context overrides (its trace)
+                # reach the nodes of every model group.
+                futures = [pool.submit(contextvars.copy_context().run, _run_group, g, states, todo)
+                           for g in groups.values()]
                 done = [r for f in futures for r in f.result()]
         # Merge in stage order so traces read the same however the threads interleaved.
         for node, indices, node_traces in sorted(done, key=lambda r: r[0].name):

@@ -23,6 +23,8 @@ def _compatible(produced: Any, consumed: Any) -> bool:
     if isinstance(produced, type) and isinstance(consumed, type):
         return issubclass(produced, consumed)
     p_origin, c_origin = typing.get_origin(produced), typing.get_origin(consumed)
+    if c_origin is None and isinstance(consumed, type) and isinstance(p_origin, type):
+        return issubclass(p_origin, consumed)  # list[str] feeds list
     if p_origin is not None and p_origin == c_origin:
         p_args, c_args = typing.get_args(produced), typing.get_args(consumed)
         return len(p_args) == len(c_args) and all(map(_compatible, p_args, c_args))
@@ -64,6 +66,9 @@ def build_graph(nodes: list[Node], *, models: Mapping[str, Model],
                              f"Model(...)}}")
     producers = producers_of(nodes)
     supplied = set(inputs) if inputs is not None else None
+    for field in sorted((supplied or set()) & set(producers)):
+        raise GraphError(f"field '{field}' is a declared input and also produced by node "
+                         f"'{producers[field]}'; rename the output or drop '{field}' from the inputs")
     for node in nodes:
         for field, wanted in node.input_fields.items():
             producer = producers.get(field)

@@ -70,7 +70,9 @@ class LMNode(dspy.Predict, Node):
 
     @property
     def input_fields(self) -> Fields:
-        fields = {k: f.annotation for k, f in self.signature.input_fields.items()}
+        # DSPy types an unannotated string-signature field as str; as an input it accepts anything.
+        fields = {k: Any if (f.json_schema_extra or {}).get("IS_TYPE_UNDEFINED") else f.annotation
+                  for k, f in self.signature.input_fields.items()}
         if self.key_field is not None:
             fields.setdefault(self.key_field, Any)
         return fields
@@ -165,11 +167,13 @@ class LMNode(dspy.Predict, Node):
     def _record_dspy_trace(self, traces: list[NodeTrace]) -> None:
         """Append (predictor, inputs, prediction) to DSPy's trace, as dspy.Predict does, so DSPy
         optimizers (BootstrapFewShot) see this node's calls."""
-        trace = dspy.settings.trace
-        if trace is None:
+        trace, limit = dspy.settings.trace, dspy.settings.max_trace_size
+        if trace is None or limit <= 0:
             return
         for t in traces:
             if t.ok:
+                if len(trace) >= limit:
+                    trace.pop(0)
                 trace.append((self, dict(t.inputs), dspy.Prediction(**t.outputs)))
 
     def forward(self, **kwargs: Any) -> dspy.Prediction:

@@ -29,7 +29,8 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         trace = [t.to_dict() for t in self.result.trace]
-        return {"index": self.index, "example": self.example, "outputs": self.result.outputs,
+        return {"index": self.index, "example": self.example, "inputs": self.result.inputs,
+                "outputs": self.result.outputs,
                 "score": self.score, "error": self.error,
                 "cost_usd": _sum_or_none(t.cost_usd for t in self.result.trace),
                 "tokens_in": sum(t.tokens_in or 0 for t in self.result.trace),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +63,7 @@ class Model:
         self.price = tuple(price) if price is not None else None
         self.params = params
         self.options = dict(options)
+        self._own_backend: Backend | None = None
         backend_class(backend)  # fail fast on an unknown backend name
 
     def __repr__(self) -> str:
@@ -77,21 +77,37 @@ class Model:
         return _stable_json({"backend": self.backend_name, "id": self.id,
                              "adapter": self.adapter, "options": self.options})
 
+    def _shareable(self) -> bool:
+        """Only JSON options identify a configuration; callables (test doubles) do not."""
+        try:
+            json.dumps(self.options)
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    def _new_backend(self) -> Backend:
+        options = dict(self.options)
+        if self.adapter is not None:
+            options["adapter"] = self.adapter
+        return backend_class(self.backend_name)(self.id, **options)
+
     @property
     def backend(self) -> Backend:
-        """The shared backend instance for this configuration (created on first use)."""
+        """The backend instance for this configuration, created on first use and shared by
+        every handle with the same (JSON) configuration."""
+        if not self._shareable():
+            with _INSTANCES_LOCK:
+                if self._own_backend is None:
+                    self._own_backend = self._new_backend()
+            return self._own_backend
         key = self._config_key()
         with _INSTANCES_LOCK:
             instance = _INSTANCES.get(key)
             if instance is None:
-                options = dict(self.options)
-                if self.adapter is not None:
-                    options["adapter"] = self.adapter
-                instance = backend_class(self.backend_name)(self.id, **options)
-                _INSTANCES[key] = instance
+                instance = _INSTANCES[key] = self._new_backend()
         return instance
 
-    @cached_property
+    @property
     def fingerprint(self) -> str:
         """Hash of the configuration, the weights' identity and the adapter's content."""
         adapter_hash = None
@@ -117,12 +133,15 @@ class Model:
         require(self.backend, capability, self.name)
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
-        """Run one batch; a backend crash becomes an error result per request, never a lost batch."""
+        """Run one batch; a backend crash becomes an error result per request, never a lost
+        batch. A `ConfigError` (the model is set up wrong) is raised: no request can succeed."""
         if not requests:
             return []
         try:
             results = self.backend.generate(list(requests))
-        except BackendError as exc:
+        except ConfigError:
+            raise
+        except Exception as exc:
             return [GenResult.failed(f"{type(exc).__name__}: {exc}") for _ in requests]
         if len(results) != len(requests):
             raise BackendError(f"backend '{self.backend_name}' returned {len(results)} results "

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tandemlm.runtime.backend import Backend
-from tandemlm.runtime.errors import ConfigError, ReplayMiss, Unavailable
+from tandemlm.runtime.errors import ConfigError, ReplayMiss
 from tandemlm.runtime.types import GenRequest, GenResult
 
 
@@ -54,7 +54,7 @@ def read_replay_file(path: str | Path) -> _Table:
     """Parse (once per file version) a replay JSONL file; malformed lines name file and line."""
     path = Path(path)
     if not path.is_file():
-        raise Unavailable(f"recorded data file '{path}' does not exist; pass data=<path to a replay "
+        raise ConfigError(f"recorded data file '{path}' does not exist; pass data=<path to a replay "
                           f".jsonl file>")
     stat = path.stat()
     cache_key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
@@ -103,31 +103,40 @@ class RecordedBackend(Backend):
             raise ConfigError(f"recorded model '{model_id}' needs data=<replay .jsonl path(s)>")
         super().__init__(model_id)
         self.paths = [Path(p) for p in ([data] if isinstance(data, str | Path) else data)]
-        self._by_id: dict[str, Recording] | None = None
+        self._by_id: dict[str, Recording] = {}
         self._by_prompt: dict[str, list[Recording]] = {}
+        self._digests: tuple[str, ...] = ()
         self._lock = threading.Lock()
 
     def _load(self) -> dict[str, Recording]:
+        """Index this model's recordings, again whenever a data file changed on disk."""
         with self._lock:
-            if self._by_id is not None:
+            tables = [read_replay_file(path) for path in self.paths]  # cached per file version
+            digests = tuple(t.digest for t in tables)
+            if digests == self._digests:
                 return self._by_id
             by_id: dict[str, Recording] = {}
+            by_prompt: dict[str, list[Recording]] = {}
             models: set[str] = set()
-            for path in self.paths:
-                for row in read_replay_file(path).rows:
+            for path, table in zip(self.paths, tables, strict=True):
+                for row in table.rows:
                     models.update(row["models"])
                     entry = row["models"].get(self.model_id)
                     if entry is None:
                         continue
                     record = _recording(row, entry)
+                    if record.row_id in by_id:
+                        raise ConfigError(f"row id '{record.row_id}' occurs twice in the data of "
+                                          f"recorded model '{self.model_id}' (again in {path}); "
+                                          f"row ids must be unique across its files")
                     by_id[record.row_id] = record
                     if row.get("prompt") is not None:
-                        self._by_prompt.setdefault(row["prompt"], []).append(record)
+                        by_prompt.setdefault(row["prompt"], []).append(record)
             if not by_id:
                 raise ConfigError(f"no recordings of model '{self.model_id}' in "
                                   f"{', '.join(map(str, self.paths))}; recorded models there: "
                                   f"{', '.join(sorted(models)) or 'none'}")
-            self._by_id = by_id
+            self._by_id, self._by_prompt, self._digests = by_id, by_prompt, digests
             return by_id
 
     def identity(self) -> str:
