@@ -161,3 +161,19 @@ def train_tiny_lm(path: str | Path, texts: list[str], steps: int = 200, lr: floa
     model.eval()
     model.save_pretrained(str(path), safe_serialization=True)
     return path
+
+
+def node_chat_texts(node, tokenizer, rows: list[tuple[dict, dict]]) -> list[str]:
+    """Whole chats — an LM node's exact prompt for `inputs`, then its adapter's answer with
+    `outputs` — rendered with the tokenizer's chat template: training texts that teach a tiny
+    model to answer a node in its format (e.g. ChatAdapter's `[[ ## field ## ]]` blocks).
+
+    `node` is an `LMNode` (duck-typed: `request(inputs)`, `adapter`, `signature`).
+    """
+    texts = []
+    for inputs, outputs in rows:
+        messages = list(node.request(inputs).messages)
+        reply = node.adapter.format_assistant_message_content(node.signature, outputs)
+        texts.append(tokenizer.apply_chat_template(
+            messages + [{"role": "assistant", "content": reply.rstrip()}], tokenize=False))
+    return texts

@@ -149,8 +149,20 @@ class Model:
         return results
 
     def logprobs(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        """Score continuations; like `generate`, a backend crash fails each request alone."""
         self.require("logprobs")
-        return self.backend.logprobs(list(requests)) if requests else []
+        if not requests:
+            return []
+        try:
+            results = self.backend.logprobs(list(requests))
+        except ConfigError:
+            raise
+        except Exception as exc:
+            return [ScoreResult(error=f"{type(exc).__name__}: {exc}") for _ in requests]
+        if len(results) != len(requests):
+            raise BackendError(f"backend '{self.backend_name}' returned {len(results)} scores "
+                               f"for {len(requests)} requests; a backend must return one per request")
+        return results
 
     def cost(self, result: GenResult) -> Cost:
         params = self.params if self.params is not None else self.backend.num_parameters()

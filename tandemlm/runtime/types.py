@@ -40,8 +40,9 @@ class GenRequest:
         return self.temperature <= 0.0
 
     def sampling_key(self) -> tuple[Any, ...]:
-        """Requests with equal sampling keys can share one backend batch."""
-        return (self.max_new_tokens, self.temperature, self.top_p, self.n, self.seed, self.stop)
+        """Requests with equal sampling keys can share one backend batch (the seed is per
+        request: backends draw each seeded sequence from its own generator)."""
+        return (self.max_new_tokens, self.temperature, self.top_p, self.n, self.stop)
 
 
 @dataclass

@@ -1,0 +1,401 @@
+"""The `hf` backend: a local Hugging Face transformers causal LM, batched, on CPU or GPU.
+
+    backend = HFBackend("./models/qwen-0.5b", device="cpu", dtype="float32", batch_size=16)
+    backend.generate([GenRequest(messages=({"role": "user", "content": "Hi"},))])
+
+Requests sharing sampling settings run together: sorted by prompt length (less padding), cut into
+microbatches of `batch_size` sequences, one left-padded `model.generate` call each. Sampling
+settings come from the request alone: the checkpoint's `generation_config.json` defaults
+(temperature, top_k, repetition penalty, ...) are ignored, except its EOS token ids.
+
+A seeded request samples the same text whatever else shares its batch: every sampled sequence
+draws from its own seeded generator (see `_RowSampler`), so running one example or a thousand
+gives the same outputs, as the executor's contract requires.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import inspect
+import random
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
+
+from tandemlm.runtime.backend import Backend
+from tandemlm.runtime.backends.hf_prompt import (StopOnStrings, cut_at_stop, decode_continuation,
+                                                 encode_continuation, encode_prompt, left_pad,
+                                                 render_prompt)
+from tandemlm.runtime.errors import ConfigError, Unavailable
+from tandemlm.runtime.types import GenRequest, GenResult, ScoreRequest, ScoreResult
+
+_DTYPES = ("auto", "float32", "float16", "bfloat16")
+_OPTIONS = ("device", "dtype", "batch_size", "adapter", "trust_remote_code")
+_PREFIX_TOKENS = 4  # prompt tokens decoded in front of the output, see decode_continuation
+_MIB = 1 << 20
+
+
+def _looks_local(model_id: str) -> bool:
+    """True for ids that can only be paths ("/x", "./x", "~/x", "a/b/c"); "org/name" may be a hub id."""
+    return model_id.startswith(("/", ".", "~")) or model_id.count("/") >= 2 or "\\" in model_id
+
+
+class _RowSampler(LogitsProcessor):
+    """Sample every row from softmax(logits / T) restricted to the top-p nucleus, each row with its
+    own seeded generator, by the Gumbel-max trick: argmax(logits + Gumbel noise) is an exact sample,
+    so `generate` runs in greedy mode and its argmax does the sampling. HF's own sampler draws all
+    rows from one generator, which would make a row's text depend on its batch neighbours."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: Any) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            ordered, order = scores.sort(dim=-1, descending=True)
+            probs = ordered.softmax(dim=-1)
+            # drop a token when the tokens ranked above it already hold top_p of the mass
+            drop = (probs.cumsum(dim=-1) - probs) > self.top_p
+            scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device)
+                               for g in self.generators])
+        return scores - torch.log(-torch.log(uniform))
+
+
+class HFBackend(Backend):
+    """Hugging Face transformers causal LM, loaded lazily on first use.
+
+    Args:
+        model_id: local model directory (or a hub id that `from_pretrained` can resolve).
+        device: "auto" (cuda when available, else cpu), "cpu", "cuda", "cuda:1", ...
+        dtype: "auto" (bfloat16 on cuda, float32 on cpu), "float32", "float16" or "bfloat16".
+        batch_size: sequences decoded (or scored) at once; a request with n samples counts n.
+        adapter: path of a PEFT (LoRA) adapter applied on top of the weights.
+        trust_remote_code: passed to `from_pretrained`.
+    """
+
+    name = "hf"
+    supports_logprobs = True
+
+    def __init__(self, model_id: str, *, device: str = "auto", dtype: str = "auto",
+                 batch_size: int = 32, adapter: str | None = None,
+                 trust_remote_code: bool = False, **unknown: Any) -> None:
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(map(repr, sorted(unknown)))} for backend "
+                              f"'hf' (model '{model_id}'); known options: {', '.join(_OPTIONS)}")
+        if dtype not in _DTYPES:
+            raise ConfigError(f"dtype {dtype!r} is not supported by backend 'hf'; use one of "
+                              f"{', '.join(_DTYPES)}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        super().__init__(model_id, device=device, dtype=dtype, batch_size=batch_size,
+                         adapter=adapter, trust_remote_code=trust_remote_code)
+        self.device_option, self.dtype_option = device, dtype
+        self.batch_size, self.adapter, self.trust_remote_code = batch_size, adapter, trust_remote_code
+        self._lock = threading.RLock()  # guards loading and serialises use of the one model
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._eos_ids: set[int] = set()
+        self._keeps_logits = False  # whether forward() takes `logits_to_keep`
+
+    # ---- loading -------------------------------------------------------------------------------
+
+    def _source(self) -> str:
+        path = Path(self.model_id).expanduser()
+        if path.exists():
+            return str(path)
+        if _looks_local(self.model_id):
+            raise Unavailable(f"model directory '{self.model_id}' does not exist (backend 'hf'); "
+                              f"check the path, or build a local model with tandemlm.tiny")
+        return self.model_id
+
+    def _load(self) -> tuple[Any, Any]:
+        with self._lock:
+            if self._model is None:
+                self._load_now()
+            return self._model, self._tokenizer
+
+    def _load_now(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+        source = self._source()
+        device = self.device_option
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = self.dtype_option
+        if dtype == "auto":
+            dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+        remote = self.trust_remote_code
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)
+            # transformers 5 takes `dtype` (`torch_dtype` is its deprecated alias)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype),
+                                                         trust_remote_code=remote)
+        except Exception as exc:  # any loading failure (missing files, bad config, corrupt weights)
+            where = "local directory" if Path(source).exists() else "hub id (no such local directory)"
+            raise Unavailable(f"could not load model '{self.model_id}' ({where}) with transformers: "
+                              f"{exc}") from exc
+        model.to(device)
+        if self.adapter is not None:
+            try:
+                from peft import PeftModel
+            except ImportError as exc:
+                raise Unavailable("loading a LoRA adapter needs peft: pip install peft") from exc
+            try:
+                model = PeftModel.from_pretrained(model, self.adapter)
+            except (OSError, ValueError) as exc:
+                raise Unavailable(f"could not load adapter '{self.adapter}' onto model "
+                                  f"'{self.model_id}': {exc}") from exc
+        model.eval()
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        eos = model.generation_config.eos_token_id
+        eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        self._eos_ids = {i for i in eos + [tokenizer.eos_token_id] if i is not None}
+        # Requests carry the whole sampling spec: drop the checkpoint's sampling defaults.
+        model.generation_config = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=sorted(self._eos_ids) or None,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+        self._model, self._tokenizer = model, tokenizer
+
+    def _max_positions(self) -> int | None:
+        return getattr(self._model.config, "max_position_embeddings", None)
+
+    # ---- generation ----------------------------------------------------------------------------
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        """One result per request, in request order; a bad request fails alone."""
+        with self._lock:
+            self._load()
+            results: list[GenResult | None] = [None] * len(requests)
+            groups: dict[tuple, list[tuple[int, list[int]]]] = defaultdict(list)
+            for index, request in enumerate(requests):
+                try:
+                    ids = self._prompt_ids(request)
+                except Exception as exc:  # noqa: BLE001 - isolate this request
+                    results[index] = GenResult.failed(f"{type(exc).__name__}: {exc}")
+                else:
+                    groups[self._group_key(request)].append((index, ids))
+            for items in groups.values():
+                request = requests[items[0][0]]
+                rows = 1 if request.greedy else request.n
+                items.sort(key=lambda item: len(item[1]))
+                step = max(1, self.batch_size // rows)
+                for start in range(0, len(items), step):
+                    chunk = items[start:start + step]
+                    for (index, _), result in zip(chunk, self._run_isolated(requests, chunk)):
+                        results[index] = result
+            return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _group_key(request: GenRequest) -> tuple:
+        # The seed is not part of the key: each row samples from its own generator.
+        return (request.max_new_tokens, request.temperature, request.top_p, request.n, request.stop)
+
+    def _prompt_ids(self, request: GenRequest) -> list[int]:
+        if request.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
+        text = render_prompt(self._tokenizer, request.messages, request.prompt)
+        ids = encode_prompt(self._tokenizer, text)
+        limit = self._max_positions()
+        if limit is not None and len(ids) + request.max_new_tokens > limit:
+            raise ValueError(f"prompt of {len(ids)} tokens + max_new_tokens "
+                             f"{request.max_new_tokens} exceeds the model's {limit} positions; "
+                             f"shorten the prompt or lower max_new_tokens")
+        if not ids:
+            raise ValueError("the prompt encodes to no tokens; the model needs at least one")
+        return ids
+
+    def _run_isolated(self, requests: list[GenRequest],
+                      chunk: list[tuple[int, list[int]]]) -> list[GenResult]:
+        try:
+            return self._run_microbatch(requests, chunk)
+        except Exception as exc:  # noqa: BLE001 - retry one by one so only the culprit fails
+            if len(chunk) == 1:
+                return [GenResult.failed(f"{type(exc).__name__}: {exc}")]
+            return [self._run_isolated(requests, [item])[0] for item in chunk]
+
+    def _run_microbatch(self, requests: list[GenRequest],
+                        chunk: list[tuple[int, list[int]]]) -> list[GenResult]:
+        model, tokenizer = self._model, self._tokenizer
+        request = requests[chunk[0][0]]
+        rows = 1 if request.greedy else request.n
+        prompts = [ids for _, ids in chunk for _ in range(rows)]
+        device = next(model.parameters()).device
+        input_ids, mask = left_pad(prompts, model.generation_config.pad_token_id, device)
+        width = input_ids.shape[1]
+        stops = tuple(s for s in request.stop if s)
+        stopper = StopOnStrings(tokenizer, stops, width, len(prompts)) if stops else None
+        kwargs: dict[str, Any] = {}
+        if stopper is not None:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([stopper])
+        if not request.greedy:
+            seeds = [_row_seed(requests[index].seed, j) for index, _ in chunk for j in range(rows)]
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [_RowSampler(seeds, request.temperature, request.top_p, device)])
+        started = time.perf_counter()
+        with torch.inference_mode():
+            output = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
+                                    max_new_tokens=request.max_new_tokens, **kwargs)
+        latency = time.perf_counter() - started
+        new_tokens = output[:, width:].tolist()
+        results = []
+        for k, (_, ids) in enumerate(chunk):
+            texts, tokens_out, finished = [], 0, True
+            for row in range(k * rows, (k + 1) * rows):
+                stopped = stopper.stopped_at[row] if stopper is not None else None
+                text, used, done = self._finish_row(ids, new_tokens[row], stopped, stops)
+                texts.append(text)
+                tokens_out += used
+                finished = finished and done
+            if rows != request.n:  # greedy with n > 1: the n sequences are identical
+                texts, tokens_out = texts * request.n, tokens_out * request.n
+            results.append(GenResult(texts=texts, tokens_in=len(ids), tokens_out=tokens_out,
+                                     latency_s=latency, finish_reason="stop" if finished else "length"))
+        return results
+
+    def _finish_row(self, prompt: list[int], new: list[int], stopped_at: int | None,
+                    stops: tuple[str, ...]) -> tuple[str, int, bool]:
+        """(text, tokens used, whether it stopped) for one generated row."""
+        eos_at = next((i for i, token in enumerate(new) if token in self._eos_ids), None)
+        used, hit_eos = (len(new), False) if eos_at is None else (eos_at + 1, True)
+        if stopped_at is not None and stopped_at < used:
+            used, hit_eos = stopped_at, False
+        body = new[:used - 1] if hit_eos else new[:used]
+        text = decode_continuation(self._tokenizer, prompt[-_PREFIX_TOKENS:], body)
+        text, hit_stop = cut_at_stop(text, stops)
+        return text, used, hit_eos or hit_stop
+
+    # ---- scoring -------------------------------------------------------------------------------
+
+    def logprobs(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        """Log-probability of each continuation after each request's rendered prompt.
+
+        Context and continuation are tokenized separately and their ids concatenated, as
+        lm-evaluation-harness does: tokenizing them jointly would let BPE merge tokens across the
+        boundary (" Yes" after "Answer:" might become one token with the colon, or split
+        differently), so the scored tokens would not be the continuation's own tokens.
+        """
+        with self._lock:
+            self._load()
+            results = [ScoreResult(logprobs=[0.0] * len(r.continuations),
+                                   token_logprobs=[[] for _ in r.continuations], tokens_in=0)
+                       for r in requests]
+            sequences = []  # (request index, continuation index, ids, continuation length)
+            for i, request in enumerate(requests):
+                try:
+                    sequences += self._score_sequences(i, request)
+                except Exception as exc:  # noqa: BLE001 - isolate this request
+                    results[i].error = f"{type(exc).__name__}: {exc}"
+            sequences = [s for s in sequences if results[s[0]].error is None and s[3] > 0]
+            sequences.sort(key=lambda s: len(s[2]))
+            for start in range(0, len(sequences), self.batch_size):
+                self._score_isolated(sequences[start:start + self.batch_size], results)
+            for result in results:
+                if result.error is not None:
+                    result.logprobs, result.token_logprobs = [], []
+            return results
+
+    def _score_sequences(self, i: int, request: ScoreRequest) -> list[tuple[int, int, list[int], int]]:
+        context = encode_prompt(self._tokenizer,
+                                render_prompt(self._tokenizer, request.messages, request.prompt))
+        if not context:
+            raise ValueError("the prompt encodes to no tokens; a continuation needs a context")
+        limit, out = self._max_positions(), []
+        for j, continuation in enumerate(request.continuations):
+            cont = encode_continuation(self._tokenizer, continuation)
+            if limit is not None and len(context) + len(cont) > limit:
+                raise ValueError(f"prompt + continuation {j} is {len(context) + len(cont)} tokens, "
+                                 f"more than the model's {limit} positions; shorten the prompt")
+            out.append((i, j, context + cont, len(cont)))
+        return out
+
+    def _score_isolated(self, batch: list, results: list[ScoreResult]) -> None:
+        try:
+            scored = self._score_microbatch(batch)
+        except Exception as exc:  # noqa: BLE001 - retry one by one so only the culprit fails
+            if len(batch) > 1:
+                for item in batch:
+                    self._score_isolated([item], results)
+            else:
+                results[batch[0][0]].error = f"{type(exc).__name__}: {exc}"
+            return
+        for (i, j, ids, _), (values, latency) in zip(batch, scored):
+            results[i].token_logprobs[j] = values
+            results[i].logprobs[j] = float(sum(values))
+            results[i].tokens_in = (results[i].tokens_in or 0) + len(ids)
+            results[i].latency_s += latency
+
+    def _score_microbatch(self, batch: list) -> list[tuple[list[float], float]]:
+        model = self._model
+        device = next(model.parameters()).device
+        input_ids, mask = left_pad([ids for _, _, ids, _ in batch],
+                                    model.generation_config.pad_token_id, device)
+        # Left padding shifts each row's tokens right, so positions come from the mask, not the
+        # column index; otherwise a padded row would see different position embeddings.
+        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+        # Rows end together, so only the last columns matter: asking the model for those logits
+        # alone avoids a (batch x length x vocabulary) tensor, gigabytes for long prompts.
+        keep = max(n for *_, n in batch) + 1
+        extra = {"logits_to_keep": keep} if self._keeps_logits else {}
+        started = time.perf_counter()
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                           **extra).logits[:, -keep:, :]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+        latency = time.perf_counter() - started
+        out = []
+        for row, (_, _, ids, n) in enumerate(batch):
+            # logits column c predicts the token after it: columns keep-n-1 .. keep-2
+            targets = torch.tensor(ids[-n:], device=device)
+            picked = logprobs[row, keep - n - 1:keep - 1].gather(-1, targets[:, None])[:, 0]
+            out.append((picked.tolist(), latency))
+        return out
+
+    # ---- identity and lifecycle ----------------------------------------------------------------
+
+    def identity(self) -> str:
+        """sha256 over the weight files' names, sizes and first/last MiB (no model load)."""
+        path = Path(self.model_id).expanduser()
+        if not path.is_dir():
+            self._source()  # a missing local path raises Unavailable
+            return self.model_id
+        digest = hashlib.sha256()
+        for file in sorted(path.iterdir()):
+            if file.is_file() and (file.suffix in (".safetensors", ".bin") or file.name == "config.json"):
+                size = file.stat().st_size
+                digest.update(f"{file.name}\0{size}\0".encode())
+                with file.open("rb") as handle:
+                    digest.update(hashlib.sha256(handle.read(_MIB)).digest())
+                    handle.seek(max(0, size - _MIB))
+                    digest.update(hashlib.sha256(handle.read(_MIB)).digest())
+        return f"sha256:{digest.hexdigest()}"
+
+    def num_parameters(self) -> int:
+        model, _ = self._load()
+        return sum(p.numel() for p in model.parameters())
+
+    def close(self) -> None:
+        with self._lock:
+            on_cuda = self._model is not None and next(self._model.parameters()).is_cuda
+            self._model = self._tokenizer = None
+            gc.collect()
+            if on_cuda:
+                torch.cuda.empty_cache()
+
+
+def _row_seed(seed: int | None, sample: int) -> int:
+    """Seed of sample `sample` of a request: fixed for a seeded request, fresh otherwise."""
+    if seed is None:
+        return random.SystemRandom().getrandbits(63)
+    return int.from_bytes(hashlib.sha256(f"{seed}:{sample}".encode()).digest()[:8], "big") >> 1
