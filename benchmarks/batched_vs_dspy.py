@@ -142,7 +142,8 @@ def run_raw(path: Path, examples: list[dict], batch_size: int) -> float:
     pipe = tandem_pipeline(path)
     first = [pipe.nodes["topic"].request(e).messages for e in examples]
     topics = [r.outputs.get("topic", "") for r in pipe.batch(examples)]
-    second = [pipe.nodes["answer"].request({**e, "topic": t}).messages for e, t in zip(examples, topics)]
+    second = [pipe.nodes["answer"].request({**e, "topic": t}).messages
+              for e, t in zip(examples, topics, strict=True)]
     stages = [[tokenizer.apply_chat_template(list(m), tokenize=False, add_generation_prompt=True)
                for m in stage] for stage in (first, second)]
     start = time.perf_counter()
@@ -175,11 +176,11 @@ def main() -> None:
     print(f"tandem batched : {eps['tandem']:8.1f} examples/s ({ok_tandem}/{n} parsed)")
     print(f"dspy per-call  : {eps['dspy']:8.1f} examples/s ({ok_dspy}/{n} parsed, {args.threads} threads)")
     print(f"raw generate   : {eps['raw']:8.1f} examples/s (no parsing)")
-    print(f"tandem / dspy = {eps['tandem'] / eps['dspy']:.2f}x   tandem / raw = {eps['tandem'] / eps['raw']:.2f}x")
+    vs_dspy, vs_raw = eps["tandem"] / eps["dspy"], eps["tandem"] / eps["raw"]
+    print(f"tandem / dspy = {vs_dspy:.2f}x   tandem / raw = {vs_raw:.2f}x")
     print(json.dumps({"tandem_eps": round(eps["tandem"], 2), "dspy_eps": round(eps["dspy"], 2),
                       "raw_eps": round(eps["raw"], 2),
-                      "vs_dspy": round(eps["tandem"] / eps["dspy"], 2),
-                      "vs_raw": round(eps["tandem"] / eps["raw"], 2)}))
+                      "vs_dspy": round(vs_dspy, 2), "vs_raw": round(vs_raw, 2)}))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ can read and set its `demos` and `signature`.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import dspy

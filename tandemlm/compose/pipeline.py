@@ -80,7 +80,7 @@ class Pipeline(dspy.Module):
         found = (self.model_of(n) for n in self.nodes.values())
         return {m.name: m for m in found if m is not None}
 
-    def with_models(self, **bindings: Model) -> "Pipeline":
+    def with_models(self, **bindings: Model) -> Pipeline:
         """A copy with some model names rebound (e.g. a teacher in a small node's seat)."""
         unknown = set(bindings) - set(self.models)
         if unknown:

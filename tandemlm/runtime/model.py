@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +72,7 @@ class Model:
         extra = f", adapter={self.adapter!r}" if self.adapter else ""
         return f"Model({self.backend_name!r}, {self.id!r}{extra})"
 
-    def __deepcopy__(self, memo: dict) -> "Model":
+    def __deepcopy__(self, memo: dict) -> Model:
         return self  # immutable handle: copies share the loaded backend
 
     def _config_key(self) -> str:
@@ -135,37 +137,35 @@ class Model:
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         """Run one batch; a backend crash becomes an error result per request, never a lost
         batch. A `ConfigError` (the model is set up wrong) is raised: no request can succeed."""
+        return self._isolated(lambda batch: self.backend.generate(batch), requests,
+                              GenResult.failed)
+
+    def logprobs(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        """Score continuations; like `generate`, a backend crash fails each request alone."""
+        self.require("logprobs")
+        return self._isolated(lambda batch: self.backend.logprobs(batch), requests,
+                              lambda error: ScoreResult(error=error))
+
+    def _isolated(self, call: Callable[[list], list], requests: list, failed: Callable[[str], Any]) -> list:
         if not requests:
             return []
         try:
-            results = self.backend.generate(list(requests))
+            results = call(list(requests))
         except ConfigError:
             raise
         except Exception as exc:
-            return [GenResult.failed(f"{type(exc).__name__}: {exc}") for _ in requests]
+            return [failed(f"{type(exc).__name__}: {exc}") for _ in requests]
         if len(results) != len(requests):
             raise BackendError(f"backend '{self.backend_name}' returned {len(results)} results "
                                f"for {len(requests)} requests; a backend must return one per request")
         return results
 
-    def logprobs(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        """Score continuations; like `generate`, a backend crash fails each request alone."""
-        self.require("logprobs")
-        if not requests:
-            return []
-        try:
-            results = self.backend.logprobs(list(requests))
-        except ConfigError:
-            raise
-        except Exception as exc:
-            return [ScoreResult(error=f"{type(exc).__name__}: {exc}") for _ in requests]
-        if len(results) != len(requests):
-            raise BackendError(f"backend '{self.backend_name}' returned {len(results)} scores "
-                               f"for {len(requests)} requests; a backend must return one per request")
-        return results
+    @cached_property
+    def _backend_params(self) -> int | None:
+        return self.backend.num_parameters()  # summed once per handle, not once per call
 
     def cost(self, result: GenResult) -> Cost:
-        params = self.params if self.params is not None else self.backend.num_parameters()
+        params = self.params if self.params is not None else self._backend_params
         return call_cost(result.tokens_in, result.tokens_out, reported_usd=result.cost_usd,
                          price=self.price, params=params)
 
@@ -176,7 +176,7 @@ class Model:
                 "params": self.params, "options": self.options}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Model":
+    def from_dict(cls, data: dict[str, Any]) -> Model:
         data = dict(data)
         options = data.pop("options", {}) or {}
         return cls(data.pop("backend"), data.pop("id"), **data, **options)

@@ -6,6 +6,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def _check_prompt(request: GenRequest | ScoreRequest) -> None:
+    """Exactly one of messages / prompt; messages are stored as a tuple (requests are frozen)."""
+    if (request.messages is None) == (request.prompt is None):
+        raise ValueError(f"{type(request).__name__} needs exactly one of `messages` or `prompt`")
+    if request.messages is not None and not isinstance(request.messages, tuple):
+        object.__setattr__(request, "messages", tuple(request.messages))
+
+
 @dataclass(frozen=True)
 class GenRequest:
     """One generation request.
@@ -26,10 +34,7 @@ class GenRequest:
     stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if (self.messages is None) == (self.prompt is None):
-            raise ValueError("GenRequest needs exactly one of `messages` or `prompt`")
-        if self.messages is not None and not isinstance(self.messages, tuple):
-            object.__setattr__(self, "messages", tuple(self.messages))
+        _check_prompt(self)
         if not isinstance(self.stop, tuple):
             object.__setattr__(self, "stop", tuple(self.stop))
         if self.n < 1:
@@ -66,7 +71,7 @@ class GenResult:
         return self.error is None
 
     @classmethod
-    def failed(cls, error: str, latency_s: float = 0.0) -> "GenResult":
+    def failed(cls, error: str, latency_s: float = 0.0) -> GenResult:
         return cls(texts=[], error=error, latency_s=latency_s, finish_reason="error")
 
 
@@ -79,10 +84,7 @@ class ScoreRequest:
     prompt: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.messages is None) == (self.prompt is None):
-            raise ValueError("ScoreRequest needs exactly one of `messages` or `prompt`")
-        if self.messages is not None and not isinstance(self.messages, tuple):
-            object.__setattr__(self, "messages", tuple(self.messages))
+        _check_prompt(self)
         if not isinstance(self.continuations, tuple):
             object.__setattr__(self, "continuations", tuple(self.continuations))
         if not self.continuations:

@@ -139,7 +139,7 @@ def test_parse_failure_is_retried_once_then_recorded():
         q = field(request, "question")
         return "I refuse to use your format" if q == "q3" else chat(reasoning="r", answer=q)
 
-    pipe, small, large = three_node(large_reply=large_reply)
+    pipe, _small, large = three_node(large_reply=large_reply)
     results = pipe.batch([{"question": q} for q in QUESTIONS])
     asked = [field(r, "question") for r in large.backend.history]
     assert asked.count("q3") == 2

@@ -10,7 +10,6 @@ import re
 import statistics
 import textwrap
 import uuid
-from pathlib import Path
 
 import dspy
 import pytest

@@ -93,7 +93,7 @@ def test_batched_greedy_equals_one_at_a_time_and_a_manual_decode(tiny_models, ar
     assert [r.tokens_out for r in batched] == [r.tokens_out for r in single]
     assert len({len(r.text) for r in batched}) > 3  # outputs differ: the comparison has teeth
     tokenizer = AutoTokenizer.from_pretrained(tiny_models[arch])
-    for prompt, result in zip(PROMPTS, batched):
+    for prompt, result in zip(PROMPTS, batched, strict=True):
         reference = _reference_greedy(tiny_models[arch], prompt, 24)
         assert result.tokens_in == len(tokenizer(prompt)["input_ids"])
         assert result.tokens_out == len(reference)
@@ -133,7 +133,7 @@ def test_logprobs_equal_a_manual_forward_pass(tiny_models, arch, monkeypatch):
     results = backend.logprobs(requests)
     assert rows == [7]  # all continuations of all requests in one padded forward
     lengths = set()
-    for request, result in zip(requests, results):
+    for request, result in zip(requests, results, strict=True):
         assert result.ok, result.error
         if request.messages is not None:  # the template writes the BOS itself
             text = tokenizer.apply_chat_template(list(request.messages), tokenize=False,

@@ -182,7 +182,7 @@ class HFBackend(Backend):
             for index, request in enumerate(requests):
                 try:
                     ids = self._prompt_ids(request)
-                except Exception as exc:  # noqa: BLE001 - isolate this request
+                except Exception as exc:
                     results[index] = GenResult.failed(f"{type(exc).__name__}: {exc}")
                 else:
                     groups[self._group_key(request)].append((index, ids))
@@ -193,7 +193,8 @@ class HFBackend(Backend):
                 step = max(1, self.batch_size // rows)
                 for start in range(0, len(items), step):
                     chunk = items[start:start + step]
-                    for (index, _), result in zip(chunk, self._run_isolated(requests, chunk)):
+                    done = self._run_isolated(requests, chunk)
+                    for (index, _), result in zip(chunk, done, strict=True):
                         results[index] = result
             return results  # type: ignore[return-value]
 
@@ -220,7 +221,7 @@ class HFBackend(Backend):
                       chunk: list[tuple[int, list[int]]]) -> list[GenResult]:
         try:
             return self._run_microbatch(requests, chunk)
-        except Exception as exc:  # noqa: BLE001 - retry one by one so only the culprit fails
+        except Exception as exc:
             if len(chunk) == 1:
                 return [GenResult.failed(f"{type(exc).__name__}: {exc}")]
             return [self._run_isolated(requests, [item])[0] for item in chunk]
@@ -295,7 +296,7 @@ class HFBackend(Backend):
             for i, request in enumerate(requests):
                 try:
                     sequences += self._score_sequences(i, request)
-                except Exception as exc:  # noqa: BLE001 - isolate this request
+                except Exception as exc:
                     results[i].error = f"{type(exc).__name__}: {exc}"
             sequences = [s for s in sequences if results[s[0]].error is None and s[3] > 0]
             sequences.sort(key=lambda s: len(s[2]))
@@ -323,14 +324,14 @@ class HFBackend(Backend):
     def _score_isolated(self, batch: list, results: list[ScoreResult]) -> None:
         try:
             scored = self._score_microbatch(batch)
-        except Exception as exc:  # noqa: BLE001 - retry one by one so only the culprit fails
+        except Exception as exc:
             if len(batch) > 1:
                 for item in batch:
                     self._score_isolated([item], results)
             else:
                 results[batch[0][0]].error = f"{type(exc).__name__}: {exc}"
             return
-        for (i, j, ids, _), (values, latency) in zip(batch, scored):
+        for (i, j, ids, _), (values, latency) in zip(batch, scored, strict=True):
             results[i].token_logprobs[j] = values
             results[i].logprobs[j] = float(sum(values))
             results[i].tokens_in = (results[i].tokens_in or 0) + len(ids)

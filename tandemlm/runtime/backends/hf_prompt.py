@@ -18,7 +18,8 @@ A request carries either chat `messages` or a raw `prompt`:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import torch
 from transformers import StoppingCriteria
