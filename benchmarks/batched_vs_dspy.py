@@ -9,9 +9,10 @@ ChatAdapter format, saved and loaded with `from_pretrained`), three ways in one 
    engine that calls `model.generate` one request at a time, run with `Module.batch` (thread pool).
 3. raw: `model.generate` over the prompts tandem formats, in batches of the same size, no parsing.
 
-Prints examples/s and the ratios; the last line is one JSON object.
+Tandem and raw are timed `--repeats` times, interleaved, and their medians count; DSPy, ten
+times slower, once. Prints examples/s and the ratios; the last line is one JSON object.
 
-    python benchmarks/batched_vs_dspy.py [--examples 128] [--threads 8] [--batch-size 64]
+    python benchmarks/batched_vs_dspy.py [--examples 128] [--threads 8] [--batch-size 64] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -120,6 +121,10 @@ def run_tandem(path: Path, examples: list[dict]) -> tuple[float, int]:
     return time.perf_counter() - start, sum(r.ok for r in results)
 
 
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def run_dspy(path: Path, examples: list[dict], threads: int) -> tuple[float, int]:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -163,14 +168,20 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=128)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs of tandem and raw (interleaved; the median counts)")
     args = parser.parse_args()
     examples = make_questions(args.examples, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         print("building and briefly training the tiny model ...", flush=True)
         path = build_model(Path(tmp))
-        t_tandem, ok_tandem = run_tandem(path, examples)
-        t_dspy, ok_dspy = run_dspy(path, examples, args.threads)
-        t_raw = run_raw(path, examples, args.batch_size)
+        tandem_times, raw_times = [], []
+        for _ in range(args.repeats):  # interleaved, so drift in machine speed hits both
+            elapsed, ok_tandem = run_tandem(path, examples)
+            tandem_times.append(elapsed)
+            raw_times.append(run_raw(path, examples, args.batch_size))
+        t_dspy, ok_dspy = run_dspy(path, examples, args.threads)  # ~30 s a run: once
+        t_tandem, t_raw = median(tandem_times), median(raw_times)
     n = len(examples)
     eps = {"tandem": n / t_tandem, "dspy": n / t_dspy, "raw": n / t_raw}
     print(f"tandem batched : {eps['tandem']:8.1f} examples/s ({ok_tandem}/{n} parsed)")

@@ -17,6 +17,7 @@ from typing import Any
 
 import dspy
 from dspy.adapters import Adapter, ChatAdapter
+from dspy.adapters.types.base_type import CUSTOM_TYPE_START_IDENTIFIER
 
 from tandemlm.compose.node import Fields, Node
 from tandemlm.compose.trace import NodeTrace
@@ -87,16 +88,49 @@ class LMNode(dspy.Predict, Node):
     # -- formatting and parsing -------------------------------------------------------------
     def request(self, values: dict[str, Any]) -> GenRequest:
         """The request this node sends for one example's inputs."""
+        (request,) = self.requests([values], strict=True)
+        return request
+
+    def requests(self, batch: list[dict[str, Any]], strict: bool = False) -> list[GenRequest | Exception]:
+        """The requests for many examples; an example whose prompt cannot be formatted gets its
+        exception (raised instead when `strict`).
+
+        The system message and demos are the same for every example, so with DSPy's ChatAdapter
+        they are formatted once per batch and only each example's user message is formatted
+        (checked on the first example against the adapter's own `format`).
+        """
         c = self.config
         options = dict(max_new_tokens=c["max_tokens"], temperature=c["temperature"],
                        top_p=c["top_p"], n=c["n"], seed=c["seed"], stop=c["stop"])
-        key = str(values[self.key_field]) if self.key_field is not None else None
-        if self.prompt_field is not None:
-            return GenRequest(prompt=str(values[self.prompt_field]), key=key, **options)
-        inputs = {k: values[k] for k in self.signature.input_fields}
-        demos = [_demo_dict(d) for d in self.demos]
-        messages = self.adapter.format(self.signature, demos=demos, inputs=inputs)
-        return GenRequest(messages=tuple(messages), key=key, **options)
+        prefix: list[dict[str, Any]] | None = None
+        out: list[GenRequest | Exception] = []
+        for values in batch:
+            try:
+                key = str(values[self.key_field]) if self.key_field is not None else None
+                if self.prompt_field is not None:
+                    out.append(GenRequest(prompt=str(values[self.prompt_field]), key=key, **options))
+                    continue
+                inputs = {k: values[k] for k in self.signature.input_fields}
+                messages, prefix = self._messages(inputs, prefix)
+                out.append(GenRequest(messages=tuple(messages), key=key, **options))
+            except Exception as exc:
+                if strict:
+                    raise
+                out.append(exc)
+        return out
+
+    def _messages(self, inputs: dict[str, Any], prefix: list[dict[str, Any]] | None
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+        """Chat messages for one example, and the reusable prefix (None: no fast path)."""
+        adapter, signature = self.adapter, self.signature
+        fast = type(adapter) is ChatAdapter and adapter._get_history_field_name(signature) is None
+        user = adapter.format_user_message_content(signature, inputs, main_request=True) if fast else None
+        if prefix is not None and user and CUSTOM_TYPE_START_IDENTIFIER not in user:
+            return [*prefix, {"role": "user", "content": user}], prefix
+        messages = adapter.format(signature, demos=[_demo_dict(d) for d in self.demos], inputs=inputs)
+        if fast and user and messages[-1] == {"role": "user", "content": user}:
+            prefix = messages[:-1]
+        return messages, prefix
 
     def parse(self, text: str) -> dict[str, Any]:
         """Parse one completion into this node's output fields; raises `ParseError`."""
@@ -116,11 +150,11 @@ class LMNode(dspy.Predict, Node):
             raise ConfigError(f"node '{self.name}' has no model bound")
         traces = [NodeTrace(node=self.name, inputs=values, model=model.name) for values in inputs]
         pending: list[tuple[int, GenRequest]] = []
-        for i, values in enumerate(inputs):
-            try:
-                pending.append((i, self.request(values)))
-            except Exception as exc:
-                traces[i].error = f"could not format the prompt: {type(exc).__name__}: {exc}"
+        for i, request in enumerate(self.requests(inputs)):
+            if isinstance(request, Exception):
+                traces[i].error = f"could not format the prompt: {type(request).__name__}: {request}"
+            else:
+                pending.append((i, request))
         # One batch per attempt; an output that fails to parse is retried once, then recorded.
         for attempt in range(2):
             if not pending:

@@ -30,7 +30,8 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaL
 
 from tandemlm.runtime.backend import Backend
 from tandemlm.runtime.backends.hf_prompt import (StopOnStrings, cut_at_stop, decode_continuation,
-                                                 encode_continuation, encode_prompt, left_pad,
+                                                 encode_continuation, encode_prompt, encode_prompts,
+                                                 left_pad,
                                                  render_prompt)
 from tandemlm.runtime.errors import ConfigError, Unavailable
 from tandemlm.runtime.types import GenRequest, GenResult, ScoreRequest, ScoreResult
@@ -179,11 +180,10 @@ class HFBackend(Backend):
             self._load()
             results: list[GenResult | None] = [None] * len(requests)
             groups: dict[tuple, list[tuple[int, list[int]]]] = defaultdict(list)
-            for index, request in enumerate(requests):
-                try:
-                    ids = self._prompt_ids(request)
-                except Exception as exc:
-                    results[index] = GenResult.failed(f"{type(exc).__name__}: {exc}")
+            for index, (request, ids) in enumerate(zip(requests, self._prompt_ids(requests),
+                                                       strict=True)):
+                if isinstance(ids, Exception):
+                    results[index] = GenResult.failed(f"{type(ids).__name__}: {ids}")
                 else:
                     groups[self._group_key(request)].append((index, ids))
             for items in groups.values():
@@ -203,19 +203,31 @@ class HFBackend(Backend):
         # The seed is not part of the key: each row samples from its own generator.
         return (request.max_new_tokens, request.temperature, request.top_p, request.n, request.stop)
 
-    def _prompt_ids(self, request: GenRequest) -> list[int]:
-        if request.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
-        text = render_prompt(self._tokenizer, request.messages, request.prompt)
-        ids = encode_prompt(self._tokenizer, text)
+    def _prompt_ids(self, requests: list[GenRequest]) -> list[list[int] | Exception]:
+        """Token ids of every request's prompt (encoded in one batch), or why it cannot run."""
+        texts: list[str | Exception] = []
+        for request in requests:
+            try:
+                if request.max_new_tokens < 1:
+                    raise ValueError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
+                texts.append(render_prompt(self._tokenizer, request.messages, request.prompt))
+            except Exception as exc:
+                texts.append(exc)
+        good = [i for i, t in enumerate(texts) if not isinstance(t, Exception)]
+        encoded = encode_prompts(self._tokenizer, [texts[i] for i in good])
+        out: list[list[int] | Exception] = list(texts)  # type: ignore[arg-type]
         limit = self._max_positions()
-        if limit is not None and len(ids) + request.max_new_tokens > limit:
-            raise ValueError(f"prompt of {len(ids)} tokens + max_new_tokens "
-                             f"{request.max_new_tokens} exceeds the model's {limit} positions; "
-                             f"shorten the prompt or lower max_new_tokens")
-        if not ids:
-            raise ValueError("the prompt encodes to no tokens; the model needs at least one")
-        return ids
+        for i, ids in zip(good, encoded, strict=True):
+            need = requests[i].max_new_tokens
+            if not ids:
+                out[i] = ValueError("the prompt encodes to no tokens; the model needs at least one")
+            elif limit is not None and len(ids) + need > limit:
+                out[i] = ValueError(f"prompt of {len(ids)} tokens + max_new_tokens {need} exceeds "
+                                    f"the model's {limit} positions; shorten the prompt or lower "
+                                    f"max_new_tokens")
+            else:
+                out[i] = ids
+        return out
 
     def _run_isolated(self, requests: list[GenRequest],
                       chunk: list[tuple[int, list[int]]]) -> list[GenResult]:

@@ -60,9 +60,22 @@ def encode_prompt(tokenizer: Any, text: str) -> list[int]:
     then see two BOS tokens, a sequence it never saw in training, which shifts its outputs. So
     when the text already starts with the BOS token, encode without adding special tokens.
     """
+    return encode_prompts(tokenizer, [text])[0]
+
+
+def encode_prompts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """`encode_prompt` for many texts, in one batched tokenizer call per BOS case (a fast
+    tokenizer encodes a batch in parallel, which matters at hundreds of prompts per stage)."""
     bos = getattr(tokenizer, "bos_token", None)
-    add_special = not (bos and text.startswith(bos))
-    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+    has_bos = [bool(bos) and text.startswith(bos) for text in texts]
+    ids: list[list[int]] = [[] for _ in texts]
+    for flag in (True, False):
+        picked = [i for i, b in enumerate(has_bos) if b == flag]
+        if picked:
+            encoded = tokenizer([texts[i] for i in picked], add_special_tokens=not flag)["input_ids"]
+            for i, row in zip(picked, encoded, strict=True):
+                ids[i] = list(row)
+    return ids
 
 
 def encode_continuation(tokenizer: Any, text: str) -> list[int]:
