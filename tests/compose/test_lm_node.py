@@ -87,6 +87,7 @@ def test_chat_adapter_formats_the_shared_prefix_once_per_batch(monkeypatch):
     node = LMNode(Verdict, model="m", demos=DEMOS)
     calls = []
     original = ChatAdapter.format
-    monkeypatch.setattr(ChatAdapter, "format", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(ChatAdapter, "format",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     node.requests(EXAMPLES * 4)
     assert len(calls) == 1

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tandemlm.runtime.backends.hf import HFBackend
 from tandemlm.runtime.backends.hf_prompt import render_prompt
-from tandemlm.runtime.errors import ConfigError, Unavailable
+from tandemlm.runtime.errors import ConfigError
 from tandemlm.runtime.model import Model
 from tandemlm.runtime.types import GenRequest, ScoreRequest
 from tandemlm.tiny import build_tiny_lm, default_corpus, train_tiny_lm
@@ -267,9 +267,9 @@ def test_options_and_paths_are_checked(tiny_models, tmp_path):
     with pytest.raises(ConfigError, match="dtype"):
         HFBackend(str(tiny_models["llama"]), dtype="fp8")
     missing = HFBackend(str(tmp_path / "nope"))
-    with pytest.raises(Unavailable, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         missing.generate([GenRequest(prompt="hi")])
-    with pytest.raises(Unavailable):
+    with pytest.raises(ConfigError):
         missing.identity()
 
 
@@ -302,7 +302,7 @@ def test_lora_adapter_is_applied(tiny_models, tmp_path):
     plain = HFBackend(str(path), device="cpu").logprobs([request])[0].logprobs[0]
     assert abs(plain - score) > 1e-3
     missing = HFBackend(str(path), device="cpu", adapter=str(tmp_path / "none"))
-    with pytest.raises(Unavailable, match="adapter"):
+    with pytest.raises(ConfigError, match="adapter"):
         missing.logprobs([request])
 
 
@@ -316,5 +316,5 @@ def test_model_handle_runs_through_the_registry(tiny_models):
     assert isinstance(model.backend, HFBackend)
     assert model.logprobs([ScoreRequest(prompt="The", continuations=(" cat",))])[0].ok
     assert model.backend.num_parameters() > 0
-    failing = Model("hf", str(tiny_models["llama"]) + "-missing").generate([GenRequest(prompt="x")])
-    assert not failing[0].ok and "Unavailable" in failing[0].error
+    with pytest.raises(ConfigError, match="does not exist"):  # setup errors are raised, not hidden
+        Model("hf", str(tiny_models["llama"]) + "-missing").generate([GenRequest(prompt="x")])

@@ -33,7 +33,7 @@ from tandemlm.runtime.backends.hf_prompt import (StopOnStrings, cut_at_stop, dec
                                                  encode_continuation, encode_prompt, encode_prompts,
                                                  left_pad,
                                                  render_prompt)
-from tandemlm.runtime.errors import ConfigError, Unavailable
+from tandemlm.runtime.errors import ConfigError
 from tandemlm.runtime.types import GenRequest, GenResult, ScoreRequest, ScoreResult
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -113,11 +113,13 @@ class HFBackend(Backend):
         if path.exists():
             return str(path)
         if _looks_local(self.model_id):
-            raise Unavailable(f"model directory '{self.model_id}' does not exist (backend 'hf'); "
+            raise ConfigError(f"model directory '{self.model_id}' does not exist (backend 'hf'); "
                               f"check the path, or build a local model with tandemlm.tiny")
         return self.model_id
 
     def _load(self) -> tuple[Any, Any]:
+        """Load once. A model that cannot load is a setup error (`ConfigError`), raised to the
+        caller: no request could succeed, so failing each one would only hide the cause."""
         with self._lock:
             if self._model is None:
                 self._load_now()
@@ -141,18 +143,18 @@ class HFBackend(Backend):
                                                          trust_remote_code=remote)
         except Exception as exc:  # any loading failure (missing files, bad config, corrupt weights)
             where = "local directory" if Path(source).exists() else "hub id (no such local directory)"
-            raise Unavailable(f"could not load model '{self.model_id}' ({where}) with transformers: "
+            raise ConfigError(f"could not load model '{self.model_id}' ({where}) with transformers: "
                               f"{exc}") from exc
         model.to(device)
         if self.adapter is not None:
             try:
                 from peft import PeftModel
             except ImportError as exc:
-                raise Unavailable("loading a LoRA adapter needs peft: pip install peft") from exc
+                raise ConfigError("loading a LoRA adapter needs peft: pip install peft") from exc
             try:
                 model = PeftModel.from_pretrained(model, self.adapter)
             except (OSError, ValueError) as exc:
-                raise Unavailable(f"could not load adapter '{self.adapter}' onto model "
+                raise ConfigError(f"could not load adapter '{self.adapter}' onto model "
                                   f"'{self.model_id}': {exc}") from exc
         model.eval()
         tokenizer.padding_side = "left"
@@ -381,7 +383,7 @@ class HFBackend(Backend):
         """sha256 over the weight files' names, sizes and first/last MiB (no model load)."""
         path = Path(self.model_id).expanduser()
         if not path.is_dir():
-            self._source()  # a missing local path raises Unavailable
+            self._source()  # a missing local path raises ConfigError
             return self.model_id
         digest = hashlib.sha256()
         for file in sorted(path.iterdir()):
