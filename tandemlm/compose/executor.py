@@ -15,57 +15,57 @@ from typing import Any
 
 import networkx as nx
 
+from tandemlm.compose.context import RunContext
 from tandemlm.compose.graph import stages
 from tandemlm.compose.node import Node
 from tandemlm.compose.trace import ExampleResult, NodeTrace
 from tandemlm.runtime import Model
 
-ResolveModel = Callable[[Node], Model | None]
+ResolveModel = Callable[[Model | str | None], Model | None]
 
 
 def _model_key(model: Model | None) -> str:
     return "python" if model is None else model._config_key()
 
 
-def _run_node(node: Node, model: Model | None, states: list[dict[str, Any]],
-              todo: list[int]) -> tuple[Node, list[int], list[NodeTrace]]:
-    inputs = [{f: states[i][f] for f in node.input_fields} for i in todo]
-    traces = node.run_batch(inputs, model) if todo else []
-    if len(traces) != len(todo):
-        raise RuntimeError(f"node '{node.name}' returned {len(traces)} traces for {len(todo)} "
-                           f"examples; run_batch must return one per example")
-    return node, todo, traces
-
-
-def _run_group(jobs: list[tuple[Node, Model | None]], states: list[dict[str, Any]],
+def _run_group(nodes: list[Node], ctx: RunContext, states: list[dict[str, Any]],
                todo: list[int]) -> list[tuple[Node, list[int], list[NodeTrace]]]:
-    return [_run_node(node, model, states, todo) for node, model in jobs]
+    out = []
+    for node in nodes:
+        inputs = [{f: states[i][f] for f in node.input_fields} for i in todo]
+        out.append((node, todo, ctx.run(node, inputs)))
+    return out
 
 
 def run_stages(graph: nx.DiGraph, examples: list[dict[str, Any]], inputs: list[str],
-               resolve: ResolveModel) -> list[ExampleResult]:
-    """Run `examples` (dicts holding at least `inputs`) through every stage of `graph`."""
+               resolve: ResolveModel, private: frozenset[str] = frozenset()) -> list[ExampleResult]:
+    """Run `examples` (dicts holding at least `inputs`) through every stage of `graph`.
+
+    Values of the `private` input fields are handed to the run context, which refuses any
+    request to a remote model that contains one.
+    """
     states: list[dict[str, Any]] = []
     errors: list[str | None] = []
     for example in examples:
         missing = [f for f in inputs if f not in example]
         states.append({f: example[f] for f in inputs if f in example})
         errors.append(f"example lacks input field(s) {', '.join(missing)}" if missing else None)
+    secrets = frozenset(str(s[f]) for s in states for f in private if f in s and str(s[f]))
+    ctx = RunContext(resolve=resolve, private_values=secrets)
     traces: list[list[NodeTrace]] = [[] for _ in examples]
     for stage in stages(graph):
         todo = [i for i, e in enumerate(errors) if e is None]
-        groups: dict[str, list[tuple[Node, Model | None]]] = {}
+        groups: dict[str, list[Node]] = {}
         for name in stage:
             node = graph.nodes[name]["node"]
-            model = resolve(node)
-            groups.setdefault(_model_key(model), []).append((node, model))
+            groups.setdefault(_model_key(resolve(node.model)), []).append(node)
         if len(groups) == 1:
-            done = [r for group in groups.values() for r in _run_group(group, states, todo)]
+            done = [r for group in groups.values() for r in _run_group(group, ctx, states, todo)]
         else:
             with ThreadPoolExecutor(max_workers=len(groups)) as pool:
                 # Each thread runs in a copy of this context, so dspy.context overrides (its trace)
                 # reach the nodes of every model group.
-                futures = [pool.submit(contextvars.copy_context().run, _run_group, g, states, todo)
+                futures = [pool.submit(contextvars.copy_context().run, _run_group, g, ctx, states, todo)
                            for g in groups.values()]
                 done = [r for f in futures for r in f.result()]
         # Merge in stage order so traces read the same however the threads interleaved.

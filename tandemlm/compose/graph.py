@@ -59,11 +59,12 @@ def build_graph(nodes: list[Node], *, models: Mapping[str, Model],
         if node.name in graph:
             raise GraphError(f"two nodes are named '{node.name}'; node names must be unique")
         graph.add_node(node.name, node=node)
-        if isinstance(node.model, str) and node.model not in models:
-            known = ", ".join(sorted(models)) or "none"
-            raise GraphError(f"node '{node.name}' uses model '{node.model}', which the pipeline "
-                             f"does not bind (bound models: {known}); pass models={{'{node.model}': "
-                             f"Model(...)}}")
+        for ref, _ in node.routes():
+            if isinstance(ref, str) and ref not in models:
+                known = ", ".join(sorted(models)) or "none"
+                raise GraphError(f"node '{node.name}' uses model '{ref}', which the pipeline "
+                                 f"does not bind (bound models: {known}); pass models={{'{ref}': "
+                                 f"Model(...)}}")
     producers = producers_of(nodes)
     supplied = set(inputs) if inputs is not None else None
     for field in sorted((supplied or set()) & set(producers)):

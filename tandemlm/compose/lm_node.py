@@ -19,8 +19,9 @@ import dspy
 from dspy.adapters import Adapter, ChatAdapter
 from dspy.adapters.types.base_type import CUSTOM_TYPE_START_IDENTIFIER
 
+from tandemlm.compose.context import RunContext
 from tandemlm.compose.node import Fields, Node
-from tandemlm.compose.trace import NodeTrace
+from tandemlm.compose.trace import NodeTrace, account
 from tandemlm.runtime import ConfigError, GenRequest, GenResult, Model, ParseError, TandemError
 
 
@@ -145,7 +146,8 @@ class LMNode(dspy.Predict, Node):
         return {k: parsed[k] for k in self.signature.output_fields}
 
     # -- execution -------------------------------------------------------------------------
-    def run_batch(self, inputs: list[dict[str, Any]], model: Model | None) -> list[NodeTrace]:
+    def run_batch(self, inputs: list[dict[str, Any]], ctx: RunContext) -> list[NodeTrace]:
+        model = ctx.model(self.model)
         if model is None:
             raise ConfigError(f"node '{self.name}' has no model bound")
         traces = [NodeTrace(node=self.name, inputs=values, model=model.name) for values in inputs]
@@ -159,30 +161,16 @@ class LMNode(dspy.Predict, Node):
         for attempt in range(2):
             if not pending:
                 break
-            results = model.generate([req for _, req in pending])
+            results = ctx.generate(model, [req for _, req in pending])
             retry = []
             for (i, req), result in zip(pending, results, strict=True):
-                self._account(traces[i], model, result)
+                account(traces[i], model, result)
                 error = self._absorb(traces[i], result)
                 if error is not None and attempt == 0 and result.ok:
                     retry.append((i, req))
             pending = retry
         self._record_dspy_trace(traces)
         return traces
-
-    def _account(self, trace: NodeTrace, model: Model, result: GenResult) -> None:
-        cost = model.cost(result)
-        trace.calls += 1
-        trace.latency_s += result.latency_s
-        trace.raw.extend(result.texts)
-        if result.tokens_in is not None:
-            trace.tokens_in = (trace.tokens_in or 0) + result.tokens_in
-        if result.tokens_out is not None:
-            trace.tokens_out = (trace.tokens_out or 0) + result.tokens_out
-        if cost.usd is not None:
-            trace.cost_usd = (trace.cost_usd or 0.0) + cost.usd
-        if cost.flops is not None:
-            trace.flops = (trace.flops or 0.0) + cost.flops
 
     def _absorb(self, trace: NodeTrace, result: GenResult) -> str | None:
         """Set the trace's outputs (or error) from one result; returns the error, if any."""
@@ -214,7 +202,7 @@ class LMNode(dspy.Predict, Node):
         if not isinstance(self.model, Model):
             raise ConfigError(f"node '{self.name}' is bound to model name {self.model!r}; run it "
                               f"inside a Pipeline that binds that name, or pass a Model")
-        (trace,) = self.run_batch([kwargs], self.model)
+        (trace,) = self.run_batch([kwargs], RunContext(resolve=lambda ref: ref))
         if trace.error is not None:
             raise TandemError(trace.error)
         return dspy.Prediction(**trace.outputs)

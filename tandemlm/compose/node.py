@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tandemlm.compose.trace import NodeTrace
 from tandemlm.runtime import ConfigError, Model
+
+if TYPE_CHECKING:
+    from tandemlm.compose.context import RunContext
 
 Fields = dict[str, Any]  # field name -> type annotation (Any when undeclared)
 
@@ -25,9 +28,10 @@ def as_fields(spec: Mapping[str, Any] | Iterable[str] | str) -> Fields:
 class Node:
     """Interface of every node.
 
-    `run_batch(inputs, model)` gets one dict of input fields per example and returns one
+    `run_batch(inputs, ctx)` gets one dict of input fields per example and returns one
     `NodeTrace` per example, in order; a failing example sets `error` on its trace and never
-    raises. `model` is the resolved model for LM nodes and None for Python steps.
+    raises. `ctx` (a `RunContext`) resolves model names, runs child nodes and is the door for
+    every model call.
     """
 
     name: str
@@ -41,7 +45,12 @@ class Node:
     def output_fields(self) -> Fields:
         raise NotImplementedError
 
-    def run_batch(self, inputs: list[dict[str, Any]], model: Model | None) -> list[NodeTrace]:
+    def routes(self) -> list[tuple[Model | str, set[str]]]:
+        """(model, input fields that may reach it) for every model this node calls; the
+        privacy check and model validation read it. Composites return their children's."""
+        return [(self.model, set(self.input_fields))] if self.model is not None else []
+
+    def run_batch(self, inputs: list[dict[str, Any]], ctx: RunContext) -> list[NodeTrace]:
         raise NotImplementedError
 
 
@@ -80,7 +89,7 @@ class Step(Node):
             raise ConfigError(f"step '{self.name}' must return a dict with keys {names}, got {got}")
         return dict(result)
 
-    def run_batch(self, inputs: list[dict[str, Any]], model: Model | None) -> list[NodeTrace]:
+    def run_batch(self, inputs: list[dict[str, Any]], ctx: RunContext) -> list[NodeTrace]:
         traces = []
         for values in inputs:
             start = time.perf_counter()

@@ -19,6 +19,7 @@ import dspy
 from tandemlm.compose.executor import run_stages
 from tandemlm.compose.graph import build_graph, stages, to_mermaid
 from tandemlm.compose.node import Node
+from tandemlm.compose.privacy import check_private_flow
 from tandemlm.compose.trace import ExampleResult
 from tandemlm.runtime import ConfigError, GraphError, Model, TandemError
 
@@ -31,12 +32,14 @@ class Pipeline(dspy.Module):
         models: names -> `Model`, for nodes bound to a model by name.
         inputs: the input fields; when given, a node reading an unknown field is a build error.
         edges: extra (producer, consumer) ordering edges, on top of those inferred from fields.
+        private: input fields whose values must never reach a remote model: a graph where one
+            could is refused here, and every request is re-checked at run time.
         name: a name for reports.
     """
 
     def __init__(self, nodes: list[Node], *, models: Mapping[str, Model] | None = None,
                  inputs: Iterable[str] | None = None, edges: Iterable[tuple[str, str]] = (),
-                 name: str = "pipeline") -> None:
+                 private: Iterable[str] = (), name: str = "pipeline") -> None:
         super().__init__()
         if not nodes:
             raise GraphError("a pipeline needs at least one node")
@@ -46,6 +49,8 @@ class Pipeline(dspy.Module):
         self._declared_inputs = list(inputs) if inputs is not None else None
         self.graph = build_graph(list(nodes), models=self.models, inputs=self._declared_inputs,
                                  edges=self.edges)
+        self.private = frozenset(private)
+        check_private_flow(self.graph, self.private, self._resolve)
         # A dict attribute so dspy's named_predictors() finds every LM node ("nodes['solve']").
         self.nodes = {node.name: node for node in nodes}
 
@@ -68,16 +73,17 @@ class Pipeline(dspy.Module):
     def stages(self) -> list[list[str]]:
         return stages(self.graph)
 
+    def _resolve(self, ref: Model | str | None) -> Model | None:
+        return self.models[ref] if isinstance(ref, str) else ref
+
     def model_of(self, node: Node | str) -> Model | None:
         """The model a node runs on, resolving names bound by this pipeline."""
         node = self.nodes[node] if isinstance(node, str) else node
-        if node.model is None or isinstance(node.model, Model):
-            return node.model
-        return self.models[node.model]
+        return self._resolve(node.model)
 
     def models_used(self) -> dict[str, Model]:
-        """Display name -> model, for every model some node runs on."""
-        found = (self.model_of(n) for n in self.nodes.values())
+        """Display name -> model, for every model some node (or a composite's child) calls."""
+        found = (self._resolve(ref) for n in self.nodes.values() for ref, _ in n.routes())
         return {m.name: m for m in found if m is not None}
 
     def with_models(self, **bindings: Model) -> Pipeline:
@@ -101,7 +107,7 @@ class Pipeline(dspy.Module):
         example carries its error and never sinks the others.
         """
         rows = [dict(e.toDict() if hasattr(e, "toDict") else e) for e in examples]
-        return run_stages(self.graph, rows, self.input_fields, self.model_of)
+        return run_stages(self.graph, rows, self.input_fields, self._resolve, self.private)
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
         """Run one example through the same executor as `batch`."""

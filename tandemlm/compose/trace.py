@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tandemlm.runtime import Model
 
 
 @dataclass
@@ -22,13 +26,41 @@ class NodeTrace:
     calls: int = 0
     raw: list[str] = field(default_factory=list)
     error: str | None = None
+    #: traces of child nodes a composite ran for this example (their calls carry the cost)
+    children: list[NodeTrace] = field(default_factory=list)
+    #: what a composite decided, e.g. {"answered_by": 1} for a cascade
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
+    def walk(self) -> Iterator[NodeTrace]:
+        """This trace and every descendant's, depth first."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def account(trace: NodeTrace, model: Model, result: Any) -> None:
+    """Add one model call (a GenResult, ScoreResult or ClassifyResult) to `trace`: calls, tokens,
+    cost, latency and generated text."""
+    cost = model.cost(result)
+    trace.calls += 1
+    trace.latency_s += result.latency_s
+    trace.raw.extend(getattr(result, "texts", []))
+    tokens_in, tokens_out = result.tokens_in, getattr(result, "tokens_out", None)
+    if tokens_in is not None:
+        trace.tokens_in = (trace.tokens_in or 0) + tokens_in
+    if tokens_out is not None:
+        trace.tokens_out = (trace.tokens_out or 0) + tokens_out
+    if cost.usd is not None:
+        trace.cost_usd = (trace.cost_usd or 0.0) + cost.usd
+    if cost.flops is not None:
+        trace.flops = (trace.flops or 0.0) + cost.flops
 
 
 @dataclass

@@ -29,12 +29,13 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         trace = [t.to_dict() for t in self.result.trace]
+        calls = [t for root in self.result.trace for t in root.walk()]
         return {"index": self.index, "example": self.example, "inputs": self.result.inputs,
                 "outputs": self.result.outputs,
                 "score": self.score, "error": self.error,
-                "cost_usd": _sum_or_none(t.cost_usd for t in self.result.trace),
-                "tokens_in": sum(t.tokens_in or 0 for t in self.result.trace),
-                "tokens_out": sum(t.tokens_out or 0 for t in self.result.trace),
+                "cost_usd": _sum_or_none(t.cost_usd for t in calls),
+                "tokens_in": sum(t.tokens_in or 0 for t in calls),
+                "tokens_out": sum(t.tokens_out or 0 for t in calls),
                 "trace": trace}
 
 
@@ -57,7 +58,7 @@ class EvalResult:
     def usage(self) -> Ledger:
         ledger = Ledger()
         for record in self.records:
-            for t in record.result.trace:
+            for t in (t for root in record.result.trace for t in root.walk()):
                 if t.model is not None:
                     ledger.add(t.model, t.tokens_in, t.tokens_out, Cost(t.cost_usd, t.flops),
                                ok=t.error is None, calls=t.calls)

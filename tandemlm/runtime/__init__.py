@@ -3,14 +3,16 @@
 from tandemlm.runtime.accounting import Cost, Ledger, ModelUsage, call_cost
 from tandemlm.runtime.backend import Backend, register_backend, registered_backends, require, supports
 from tandemlm.runtime.errors import (ArtifactError, BackendError, CapabilityError, ConfigError,
-                                     EvaluationAborted, GraphError, ParseError, RateLimited,
-                                     ReplayMiss, TandemError, Unavailable)
+                                     EvaluationAborted, GraphError, ParseError, PrivacyError,
+                                     RateLimited, ReplayMiss, TandemError, Unavailable)
 from tandemlm.runtime.model import Model
-from tandemlm.runtime.types import GenRequest, GenResult, ScoreRequest, ScoreResult
+from tandemlm.runtime.types import (ClassifyRequest, ClassifyResult, GenRequest, GenResult,
+                                    ScoreRequest, ScoreResult, request_texts)
 
 __all__ = [
-    "ArtifactError", "Backend", "BackendError", "CapabilityError", "ConfigError", "Cost",
-    "EvaluationAborted", "GenRequest", "GenResult", "GraphError", "Ledger", "Model", "ModelUsage",
-    "ParseError", "RateLimited", "ReplayMiss", "ScoreRequest", "ScoreResult", "TandemError",
-    "Unavailable", "call_cost", "register_backend", "registered_backends", "require", "supports",
+    "ArtifactError", "Backend", "BackendError", "CapabilityError", "ClassifyRequest",
+    "ClassifyResult", "ConfigError", "Cost", "EvaluationAborted", "GenRequest", "GenResult",
+    "GraphError", "Ledger", "Model", "ModelUsage", "ParseError", "PrivacyError", "RateLimited",
+    "ReplayMiss", "ScoreRequest", "ScoreResult", "TandemError", "Unavailable", "call_cost",
+    "register_backend", "registered_backends", "request_texts", "require", "supports",
 ]

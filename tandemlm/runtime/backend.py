@@ -5,8 +5,8 @@ result per request, a bad request failing alone), plus optional capabilities dec
 attributes and checked with `require` before use:
 
     supports_logprobs          logprobs(list[ScoreRequest]) -> list[ScoreResult]
+    supports_classify          classify(list[ClassifyRequest]) -> list[ClassifyResult]
     supports_next_token_logits next-token logits for token-level mixing (same vocabulary)
-    supports_classify          encoder heads for scorers
     supports_train             PEFT/LoRA or head training on this machine
 
 Built-in backends register through `register_backend`, exactly as a third-party one would.
@@ -19,7 +19,8 @@ import threading
 from typing import Any, ClassVar
 
 from tandemlm.runtime.errors import CapabilityError, ConfigError
-from tandemlm.runtime.types import GenRequest, GenResult, ScoreRequest, ScoreResult
+from tandemlm.runtime.types import (ClassifyRequest, ClassifyResult, GenRequest, GenResult,
+                                    ScoreRequest, ScoreResult)
 
 CAPABILITIES = ("logprobs", "next_token_logits", "classify", "train")
 
@@ -44,6 +45,9 @@ class Backend:
 
     def logprobs(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         raise CapabilityError(f"backend '{self.name}' does not support logprobs")
+
+    def classify(self, requests: list[ClassifyRequest]) -> list[ClassifyResult]:
+        raise CapabilityError(f"backend '{self.name}' does not support classify")
 
     def identity(self) -> str:
         """A string that changes when the weights (or recorded data) change."""
@@ -107,5 +111,6 @@ def registered_backends() -> list[str]:
 
 
 register_backend("hf", "tandemlm.runtime.backends.hf:HFBackend")
+register_backend("hf-classifier", "tandemlm.runtime.backends.hf_classifier:HFClassifierBackend")
 register_backend("recorded", "tandemlm.runtime.backends.recorded:RecordedBackend")
 register_backend("scripted", "tandemlm.testing:ScriptedBackend")

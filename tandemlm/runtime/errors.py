@@ -38,6 +38,10 @@ class ReplayMiss(BackendError):
     """A `recorded` model has no recorded answer for a request."""
 
 
+class PrivacyError(TandemError):
+    """A private value would reach a remote model."""
+
+
 class ParseError(TandemError):
     """A model's output could not be parsed into the expected fields."""
 

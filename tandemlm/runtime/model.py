@@ -20,7 +20,8 @@ from typing import Any
 from tandemlm.runtime.accounting import Cost, call_cost
 from tandemlm.runtime.backend import Backend, backend_class, require, supports
 from tandemlm.runtime.errors import BackendError, ConfigError
-from tandemlm.runtime.types import GenRequest, GenResult, ScoreRequest, ScoreResult
+from tandemlm.runtime.types import (ClassifyRequest, ClassifyResult, GenRequest, GenResult,
+                                    ScoreRequest, ScoreResult)
 
 _INSTANCES: dict[str, Backend] = {}
 _INSTANCES_LOCK = threading.Lock()
@@ -146,6 +147,12 @@ class Model:
         return self._isolated(lambda batch: self.backend.logprobs(batch), requests,
                               lambda error: ScoreResult(error=error))
 
+    def classify(self, requests: list[ClassifyRequest]) -> list[ClassifyResult]:
+        """Classification-head scores; a backend crash fails each request alone."""
+        self.require("classify")
+        return self._isolated(lambda batch: self.backend.classify(batch), requests,
+                              lambda error: ClassifyResult(error=error))
+
     def _isolated(self, call: Callable[[list], list], requests: list, failed: Callable[[str], Any]) -> list:
         if not requests:
             return []
@@ -164,9 +171,11 @@ class Model:
     def _backend_params(self) -> int | None:
         return self.backend.num_parameters()  # summed once per handle, not once per call
 
-    def cost(self, result: GenResult) -> Cost:
+    def cost(self, result: GenResult | ScoreResult | ClassifyResult) -> Cost:
+        """The cost of one call; scoring and classifying calls generate no tokens."""
         params = self.params if self.params is not None else self._backend_params
-        return call_cost(result.tokens_in, result.tokens_out, reported_usd=result.cost_usd,
+        tokens_out = getattr(result, "tokens_out", 0)
+        return call_cost(result.tokens_in, tokens_out, reported_usd=getattr(result, "cost_usd", None),
                          price=self.price, params=params)
 
     def to_dict(self) -> dict[str, Any]:

@@ -104,3 +104,42 @@ class ScoreResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True)
+class ClassifyRequest:
+    """Score one text (or a text pair, e.g. query + candidate) with a classification head."""
+
+    text: str
+    text_pair: str | None = None
+
+
+@dataclass
+class ClassifyResult:
+    """Label probabilities (a single sigmoid probability for a one-output head) and raw logits."""
+
+    probs: list[float] = field(default_factory=list)
+    logits: list[float] = field(default_factory=list)
+    tokens_in: int | None = None
+    latency_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def positive(self) -> float:
+        """Probability of the positive (last) label: the score of a binary or regression head."""
+        return self.probs[-1]
+
+
+def request_texts(request: GenRequest | ScoreRequest | ClassifyRequest) -> list[str]:
+    """Every piece of text a request would send to a model."""
+    if isinstance(request, ClassifyRequest):
+        return [request.text] + ([request.text_pair] if request.text_pair is not None else [])
+    texts = [request.prompt] if request.prompt is not None else []
+    texts += [str(m.get("content", "")) for m in request.messages or ()]
+    if isinstance(request, ScoreRequest):
+        texts += list(request.continuations)
+    return texts
