@@ -1,10 +1,12 @@
 """Nodes, the pipeline graph, its validation and the stage-batched executor."""
 
+from tandemlm.compose.composite import Composite
+from tandemlm.compose.context import RunContext
 from tandemlm.compose.graph import build_graph, to_mermaid
 from tandemlm.compose.lm_node import LMNode
 from tandemlm.compose.node import Node, Step
 from tandemlm.compose.pipeline import Pipeline
 from tandemlm.compose.trace import ExampleResult, NodeTrace
 
-__all__ = ["ExampleResult", "LMNode", "Node", "NodeTrace", "Pipeline", "Step", "build_graph",
+__all__ = ["Composite", "ExampleResult", "RunContext", "LMNode", "Node", "NodeTrace", "Pipeline", "Step", "build_graph",
            "to_mermaid"]
