@@ -48,7 +48,7 @@ class ScriptedBackend(Backend):
                  rules: list[tuple[Matcher, Reply]] | None = None, queue: list[str] | None = None,
                  fail: Matcher | None = None,
                  logprob: Callable[[ScoreRequest, str], float] | None = None,
-                 tokens_per_char: float = 0.25, remote: bool = False, **unknown: Any) -> None:
+                 tokens_per_char: float = 0.25, **unknown: Any) -> None:
         if unknown:
             raise ConfigError(f"unknown scripted backend options: {', '.join(sorted(unknown))}")
         super().__init__(model_id)

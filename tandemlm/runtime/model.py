@@ -51,12 +51,14 @@ class Model:
         name: display name used in reports (defaults to `id`).
         price: USD per million (input, output) tokens.
         params: parameter count for FLOPs estimates (the backend's own count when omitted).
+        remote: whether the model runs on someone else's machine (private fields never reach
+            it); defaults to the backend's own answer (`recorded` and HTTP APIs are remote).
         **options: backend options (device, dtype, data, ...).
     """
 
     def __init__(self, backend: str, id: str, *, adapter: str | None = None, name: str | None = None,
                  price: tuple[float, float] | None = None, params: int | None = None,
-                 **options: Any) -> None:
+                 remote: bool | None = None, **options: Any) -> None:
         if not isinstance(id, str) or not id:
             raise ConfigError(f"Model id must be a non-empty string, got {id!r}")
         self.backend_name = backend
@@ -66,6 +68,7 @@ class Model:
         self.price = tuple(price) if price is not None else None
         self.params = params
         self.options = dict(options)
+        self._remote = remote
         self._own_backend: Backend | None = None
         backend_class(backend)  # fail fast on an unknown backend name
 
@@ -123,7 +126,9 @@ class Model:
 
     @property
     def remote(self) -> bool:
-        return bool(self.options.get("remote", backend_class(self.backend_name).remote))
+        if self._remote is not None:
+            return self._remote
+        return bool(backend_class(self.backend_name).remote)
 
     @property
     def trainable(self) -> bool:
@@ -182,7 +187,7 @@ class Model:
         """JSON form for artifacts (options must be JSON values)."""
         return {"backend": self.backend_name, "id": self.id, "adapter": self.adapter,
                 "name": self.name, "price": list(self.price) if self.price else None,
-                "params": self.params, "options": self.options}
+                "params": self.params, "remote": self._remote, "options": self.options}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Model:

@@ -95,7 +95,7 @@ class RecordedBackend(Backend):
     name = "recorded"
     remote = True  # the recordings came from hosted APIs
 
-    def __init__(self, model_id: str, *, data: str | list[str] | None = None, remote: bool = True,
+    def __init__(self, model_id: str, *, data: str | list[str] | None = None,
                  **unknown: Any) -> None:
         if unknown:
             raise ConfigError(f"unknown recorded backend options: {', '.join(sorted(unknown))}")
