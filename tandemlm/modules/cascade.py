@@ -1,0 +1,119 @@
+"""`Cascade` (FrugalGPT, AutoMix): try cheap solvers first, escalate only what their judge rejects.
+
+Stages are (solver, judge, threshold). Every pending example goes to the stage's solver in one
+batch; the judge scores the answers in one batch; an example whose score reaches the threshold
+stops there, the rest move on; the last stage always answers. An example's trace records which
+stage answered, each stage's score and what each stage cost (solver + judge calls).
+
+    cascade = Cascade([
+        Stage(Solve(model="small"), judge=Score(model="scorer"), threshold=0.7),
+        Stage(Solve(model="large")),
+    ])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tandemlm.compose import Composite, Node, NodeTrace, RunContext
+from tandemlm.compose.node import Fields
+from tandemlm.modules.judges import Judge, as_judge
+from tandemlm.runtime import ConfigError
+
+
+@dataclass
+class Stage:
+    """One cascade stage. The last stage needs no judge: it always answers."""
+
+    solver: Node
+    judge: Node | Judge | None = None
+    threshold: float = 0.5
+
+
+def _cost(traces: list[NodeTrace]) -> dict[str, float | None]:
+    calls = [t for root in traces for t in root.walk()]
+    usd = [t.cost_usd for t in calls if t.cost_usd is not None]
+    flops = [t.flops for t in calls if t.flops is not None]
+    return {"usd": sum(usd) if usd else None, "flops": sum(flops) if flops else None}
+
+
+class Cascade(Composite):
+    """Ordered stages of (solver, judge, threshold); see the module docstring."""
+
+    def __init__(self, stages: list[Stage], *, name: str = "cascade") -> None:
+        super().__init__(name)
+        if len(stages) < 2:
+            raise ConfigError(f"cascade '{name}' needs at least two stages, got {len(stages)}")
+        outputs = [set(s.solver.output_fields) for s in stages]
+        if any(o != outputs[0] for o in outputs):
+            raise ConfigError(f"cascade '{name}': every stage's solver must produce the same fields; "
+                              f"got {[sorted(o) for o in outputs]}")
+        for i, stage in enumerate(stages[:-1]):
+            if stage.judge is None:
+                raise ConfigError(f"cascade '{name}': stage {i} needs a judge (only the last stage "
+                                  f"answers unjudged)")
+        self.solvers = [s.solver for s in stages]  # so named_predictors() finds the LM nodes
+        self.judges = [as_judge(s.judge) for s in stages]
+        self.judge_nodes = [j.node for j in self.judges if j is not None and hasattr(j, "node")]
+        self.thresholds = [float(s.threshold) for s in stages]
+
+    def children(self) -> list[Node]:
+        return [*self.solvers, *self.judge_nodes]
+
+    def routes(self):
+        mine = set(self.input_fields)
+        routes = [(ref, mine) for s in self.solvers for ref, _ in s.routes()]
+        for solver, judge in zip(self.solvers, self.judges, strict=True):
+            if judge is not None:
+                routes += [(ref, mine | set(solver.output_fields)) for ref, _ in judge.routes(solver)]
+        return routes
+
+    @property
+    def input_fields(self) -> Fields:
+        fields: Fields = {}
+        for solver, judge in zip(self.solvers, self.judges, strict=True):
+            fields.update(solver.input_fields)
+            if judge is not None:
+                produced = set(solver.output_fields)
+                fields.update({f: Any for f in judge.input_fields(solver) if f not in produced})
+        return fields
+
+    @property
+    def output_fields(self) -> Fields:
+        return dict(self.solvers[0].output_fields)
+
+    def run_batch(self, inputs: list[dict[str, Any]], ctx: RunContext) -> list[NodeTrace]:
+        traces = [NodeTrace(node=self.name, inputs=x, info={"scores": [], "stage_costs": []})
+                  for x in inputs]
+        pending = list(range(len(inputs)))
+        last = len(self.solvers) - 1
+        for s, (solver, judge) in enumerate(zip(self.solvers, self.judges, strict=True)):
+            if not pending:
+                break
+            rows = [{f: inputs[i][f] for f in solver.input_fields} for i in pending]
+            answers = ctx.run(solver, rows)
+            answered = [k for k, a in enumerate(answers) if a.ok]
+            scores: list[float | None] = [None] * len(pending)
+            judged: list[NodeTrace | None] = [None] * len(pending)
+            if s < last and answered:
+                got, judge_traces = judge.score(ctx, solver, [inputs[pending[k]] for k in answered],
+                                                [answers[k] for k in answered])
+                for k, score, trace in zip(answered, got, judge_traces, strict=True):
+                    scores[k], judged[k] = score, trace
+            still = []
+            for k, i in enumerate(pending):
+                spent = [answers[k]] + ([judged[k]] if judged[k] is not None else [])
+                trace = traces[i]
+                trace.children.extend(spent)
+                trace.info["scores"].append(scores[k])
+                trace.info["stage_costs"].append(_cost(spent))
+                accepted = s == last or (scores[k] is not None and scores[k] >= self.thresholds[s])
+                if answers[k].ok and accepted:
+                    trace.outputs, trace.info["answered_by"] = dict(answers[k].outputs), s
+                elif s == last:
+                    trace.error = f"last stage failed: {answers[k].node}: {answers[k].error}"
+                else:
+                    still.append(i)  # rejected, unjudgeable or failed: escalate
+            pending = still
+        return traces
