@@ -49,7 +49,8 @@ class Pipeline(dspy.Module):
         self._declared_inputs = list(inputs) if inputs is not None else None
         self.graph = build_graph(list(nodes), models=self.models, inputs=self._declared_inputs,
                                  edges=self.edges)
-        self.private = frozenset(private)
+        # Composites such as PrivateSplit declare private fields of their own.
+        self.private = frozenset(private).union(*(getattr(n, "private_fields", ()) for n in nodes))
         check_private_flow(self.graph, self.private, self._resolve)
         # A dict attribute so dspy's named_predictors() finds every LM node ("nodes['solve']").
         self.nodes = {node.name: node for node in nodes}
