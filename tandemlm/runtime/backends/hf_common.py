@@ -1,0 +1,46 @@
+"""What the transformers backends (`hf`, `hf-classifier`) share: device and dtype placement,
+a weights identity that needs no load, and freeing a model's memory."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+_MIB = 1 << 20
+
+
+def placement(device: str, dtype: str) -> tuple[str, str]:
+    """Resolve "auto": cuda when available (else cpu); bfloat16 on cuda, float32 on cpu."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+    return device, dtype
+
+
+def weights_identity(path: Path) -> str:
+    """sha256 over a checkpoint directory's weight files (names, sizes, first and last MiB) and
+    config.json: changes when the weights change, without reading or loading whole files."""
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.is_file() and (file.suffix in (".safetensors", ".bin") or file.name == "config.json"):
+            size = file.stat().st_size
+            digest.update(f"{file.name}\0{size}\0".encode())
+            with file.open("rb") as handle:
+                digest.update(hashlib.sha256(handle.read(_MIB)).digest())
+                handle.seek(max(0, size - _MIB))
+                digest.update(hashlib.sha256(handle.read(_MIB)).digest())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def release(model: Any) -> None:
+    """Drop what a model holds on the accelerator once the caller has let go of it."""
+    on_cuda = model is not None and next(model.parameters()).is_cuda
+    gc.collect()
+    if on_cuda:
+        torch.cuda.empty_cache()
