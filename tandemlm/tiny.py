@@ -177,3 +177,55 @@ def node_chat_texts(node, tokenizer, rows: list[tuple[dict, dict]]) -> list[str]
         texts.append(tokenizer.apply_chat_template(
             messages + [{"role": "assistant", "content": reply.rstrip()}], tokenize=False))
     return texts
+
+
+def cache_dir() -> Path:
+    """Where programs keep models they build: $TANDEM_CACHE, else ~/.cache/tandemlm."""
+    import os
+
+    return Path(os.environ.get("TANDEM_CACHE") or Path.home() / ".cache" / "tandemlm")
+
+
+def cached_chat_lm(name: str, texts: list[str], *, layers: int = 2, hidden: int = 64,
+                   heads: int = 4, steps: int = 200, seed: int = 0, max_tokens: int = 640) -> Path:
+    """A tiny Llama whose tokenizer and weights are trained on `texts` (e.g. `node_chat_texts`),
+    built once and kept under `cache_dir()` in a folder named after a hash of everything that
+    shapes it; a half-built model never lands there (built aside, then renamed). Texts are
+    trained up to `max_tokens` tokens: chats in DSPy's ChatAdapter format run to a few hundred.
+    """
+    import hashlib
+    import json
+    import shutil
+    import tempfile
+
+    spec = json.dumps({"texts": texts, "layers": layers, "hidden": hidden, "heads": heads,
+                       "steps": steps, "seed": seed, "max_tokens": max_tokens, "version": 1},
+                      sort_keys=True)
+    target = cache_dir() / f"{name}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
+    if (target / "model.safetensors").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        build_tiny_lm(work, texts=texts, layers=layers, hidden=hidden, heads=heads, seed=seed)
+        train_tiny_lm(work, texts, steps=steps, seed=seed, max_tokens=max_tokens)
+        try:
+            work.rename(target)
+        except OSError:  # another process finished first: keep its copy
+            shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return target
+
+
+def chat_template_tokenizer():
+    """A tokenizer carrying the tiny models' chat template, for rendering training chats before
+    a model exists (any tiny tokenizer renders the same template)."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tokenizer(tmp, default_corpus(40), vocab_size=300)
+        return AutoTokenizer.from_pretrained(tmp)

@@ -13,7 +13,7 @@ from typing import Any
 
 import dspy
 
-from tandemlm.compose.node import Fields, Node
+from tandemlm.compose.node import Node
 from tandemlm.compose.trace import NodeTrace
 from tandemlm.runtime import Model
 
@@ -30,14 +30,6 @@ class Composite(dspy.Module, Node):
         self.name = name
 
     def children(self) -> list[Node]:
-        raise NotImplementedError
-
-    @property
-    def input_fields(self) -> Fields:
-        raise NotImplementedError
-
-    @property
-    def output_fields(self) -> Fields:
         raise NotImplementedError
 
     def routes(self) -> list[tuple[Model | str, set[str]]]:
