@@ -5,8 +5,11 @@ from tandemlm.modules.cascade import Cascade, Stage
 from tandemlm.modules.judges import Agreement, AnswerLogprob, Judge, NodeJudge
 from tandemlm.modules.private_split import PrivateSplit
 from tandemlm.modules.rank import Rank
+from tandemlm.modules.rectify import Rectify
+from tandemlm.modules.retrieve import Retrieve
 from tandemlm.modules.score import Score
 from tandemlm.modules.solve import Solve
+from tandemlm.modules.verify import Verify
 
 __all__ = ["Agreement", "AnswerLogprob", "BestOfN", "Cascade", "Judge", "NodeJudge",
-           "PrivateSplit", "Rank", "Score", "Solve", "Stage"]
+           "PrivateSplit", "Rank", "Rectify", "Retrieve", "Score", "Solve", "Stage", "Verify"]
