@@ -42,7 +42,7 @@ import random
 import shutil
 from pathlib import Path
 
-from dspy.adapters import ChatAdapter
+from tandemlm.compose.adapters import CompactChatAdapter
 
 from tandemlm import Model, Pipeline, Solve
 from tandemlm.modules.rectify import Rectify
@@ -111,18 +111,6 @@ def load_corpus() -> tuple[list[dict], list[dict]]:
 
 
 # -- the pipeline -----------------------------------------------------------------------------
-class CompactChatAdapter(ChatAdapter):
-    """ChatAdapter's `[[ ## field ## ]]` blocks with a one-line system message (the
-    instructions) and a short reply reminder: a third of the tokens, which is what lets a model
-    this small be trained on the format in seconds."""
-
-    def format_system_message(self, signature) -> str:
-        return signature.instructions
-
-    def user_message_output_requirements(self, signature) -> str:
-        return "Reply with " + ", ".join(f"[[ ## {f} ## ]]" for f in signature.output_fields) + "."
-
-
 def rectify(solver: Model | str = "solver", verifier: Model | str = "verifier",
             passages: list[str] | None = None, max_turns: int = 3) -> Rectify:
     """The Rectify node over the shipped corpus (or `passages`)."""

@@ -145,11 +145,27 @@ def train_tiny_lm(path: str | Path, texts: list[str], steps: int = 200, lr: floa
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
+    # One thread: for a model this small it is as fast as two on an idle machine, and torch's
+    # spinning worker threads make it ~20x slower when another process holds a core.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _train_steps(model, encoded, tokenizer.pad_token_id, optimizer, generator, steps, batch_size)
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    model.save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+def _train_steps(model, encoded, pad_id, optimizer, generator, steps, batch_size) -> None:
+    import torch
+
     for _ in range(steps):
         picks = torch.randint(len(encoded), (min(batch_size, len(encoded)),), generator=generator)
         batch = [encoded[i] for i in picks.tolist()]
         width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         labels = torch.full((len(batch), width), -100, dtype=torch.long)
         for row, ids in enumerate(batch):
             input_ids[row, : len(ids)] = torch.tensor(ids)
@@ -158,9 +174,6 @@ def train_tiny_lm(path: str | Path, texts: list[str], steps: int = 200, lr: floa
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    model.eval()
-    model.save_pretrained(str(path), safe_serialization=True)
-    return path
 
 
 def node_chat_texts(node, tokenizer, rows: list[tuple[dict, dict]]) -> list[str]:
