@@ -132,7 +132,7 @@ SHORT = "Write the sub-questions."
 
 def _nodes() -> list:
     return [Decompose(model="tiny", max_subquestions=3, max_tokens=40, instructions=SHORT),
-            Map(Solve("subquestion -> subanswer", model="tiny", name="solve_sub", max_tokens=12))]
+            Map(Solve("subquestion -> subanswer", model="tiny", name="solve_sub", max_tokens=16))]
 
 
 def _pipeline(model: Model) -> Pipeline:
@@ -172,7 +172,8 @@ def test_decompose_and_map_on_a_real_model_batched_equals_one_by_one(tiny):
     batched = pipe.batch(examples)
     assert sum(r.ok for r in batched) >= 6, [r.error for r in batched]  # it learned the formats
     elements = [r.trace[1].info["elements"] for r in batched if r.ok]
-    assert sum(elements) > len(elements) / 2  # the mapped node really ran on sub-questions
+    # The mapped node ran on lists of different lengths, batched across examples (batch_size 4).
+    assert min(elements) >= 1 and len(set(elements)) > 1, elements
     for example, result in zip(examples, batched, strict=True):
         (alone,) = pipe.batch([example])
         assert alone.outputs == result.outputs and alone.error == result.error
