@@ -32,15 +32,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
-import shutil
 from pathlib import Path
 
 from tandemlm import Model, Pipeline, Solve
 from tandemlm.modules.decompose import Decompose
 from tandemlm.modules.map import Map
+from tandemlm.tiny import build_once, chat_template_tokenizer
+from tandemlm.tiny import cache_dir as tiny_cache_dir
 
 DATA = Path(__file__).resolve().parent / "data" / "decompose_arith.jsonl"
 # Steps fit a CLI run on 2 CPU cores: the small model needs ~500 cheap steps before copying
@@ -131,7 +131,7 @@ def _chats(node_list: list, tokenizer, train: list[dict], system: bool = True
 def cache_dir() -> Path:
     """Where the trained models live: $TANDEM_CACHE or ~/.cache/tandemlm, then a key of the
     recipe (a changed recipe trains into a new directory)."""
-    root = Path(os.environ.get("TANDEM_CACHE") or Path.home() / ".cache" / "tandemlm")
+    root = tiny_cache_dir()
     recipe = json.dumps([SMALL, LARGE, VOCAB, TRAIN_QUESTIONS, SEED, Path(__file__).read_text()],
                         sort_keys=True)
     return root / "decompose_solve" / hashlib.sha256(recipe.encode()).hexdigest()[:12]
@@ -152,36 +152,19 @@ def _train(path: Path, spec: dict, short: list[str], chats: list[str], vocab: li
 def ensure_models(root: Path | None = None) -> tuple[Path, Path]:
     """Build and train both models into `root` (default `cache_dir()`) unless already there.
 
-    Both share one tokenizer, trained on all the texts. Work happens in a temporary sibling
-    directory renamed into place at the end, so an interrupted run never leaves a half-trained
-    model that later runs would trust.
+    Both share one tokenizer, trained on all the texts. `build_once` builds aside and renames
+    into place, so an interrupted run never leaves a half-trained model later runs would trust.
     """
-    from transformers import AutoTokenizer
+    def build(work: Path) -> None:
+        train, _ = make_data()
+        renderer = chat_template_tokenizer()  # renders the chats; the models' own comes next
+        small_chats, large_chats = _chats(nodes(), renderer, train)
+        small_short, large_short = _chats(nodes(), renderer, train, system=False)
+        vocab = small_chats + large_chats
+        _train(work / "small", SMALL, small_short, small_chats, vocab)
+        _train(work / "large", LARGE, large_short, large_chats, vocab)
 
-    from tandemlm.tiny import build_tokenizer
-
-    root = root or cache_dir()
-    if (root / "small").is_dir() and (root / "large").is_dir():
-        return root / "small", root / "large"
-    work = root.with_name(f"{root.name}.tmp{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    train, _ = make_data()
-    # A first tokenizer renders the chats; the models' own is then trained on all the texts.
-    build_tokenizer(work / "render", ["placeholder text"])
-    renderer = AutoTokenizer.from_pretrained(work / "render")
-    small_chats, large_chats = _chats(nodes(), renderer, train)
-    small_short, large_short = _chats(nodes(), renderer, train, system=False)
-    vocab = small_chats + large_chats
-    _train(work / "small", SMALL, small_short, small_chats, vocab)
-    _train(work / "large", LARGE, large_short, large_chats, vocab)
-    shutil.rmtree(work / "render")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        work.rename(root)
-    except OSError:  # another process finished first: use its models
-        shutil.rmtree(work, ignore_errors=True)
-        if not (root / "small").is_dir() or not (root / "large").is_dir():
-            raise
+    root = build_once(root or cache_dir(), build)
     return root / "small", root / "large"
 
 

@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
 from pathlib import Path
 
 from tandemlm.compose.adapters import CompactChatAdapter
@@ -48,6 +46,8 @@ from tandemlm import Model, Pipeline, Solve
 from tandemlm.modules.rectify import Rectify
 from tandemlm.modules.retrieve import Retrieve
 from tandemlm.modules.verify import Verify
+from tandemlm.tiny import build_once, build_tiny_lm, chat_template_tokenizer, train_tiny_lm
+from tandemlm.tiny import cache_dir as tiny_cache_dir
 
 HERE = Path(__file__).resolve().parent
 DATA, PASSAGES = HERE / "data" / "qa_corpus.jsonl", HERE / "data" / "qa_corpus_passages.jsonl"
@@ -154,39 +154,24 @@ def _chats(tokenizer, passages: list[dict], questions: list[dict]) -> tuple[list
 
 def cache_dir() -> Path:
     """$TANDEM_CACHE (or ~/.cache/tandemlm)/verify_rectify/<hash of the recipe and the data>."""
-    root = Path(os.environ.get("TANDEM_CACHE") or Path.home() / ".cache" / "tandemlm")
+    root = tiny_cache_dir()
     recipe = json.dumps([SOLVER, VERIFIER, WRONG_PER_FACT, CORRECT_COPIES, SEED,
                          Path(__file__).read_text(), DATA.read_text(), PASSAGES.read_text()])
     return root / "verify_rectify" / hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
 def ensure_models(root: Path | None = None) -> tuple[Path, Path]:
-    """Build and train both models into `root` (default `cache_dir()`) unless already there.
+    """Build and train both models into `root` (default `cache_dir()`) unless already there;
+    `build_once` builds aside and renames into place, so an interrupted run never leaves a
+    half-trained model that later runs would trust."""
+    def build(work: Path) -> None:
+        chats = _chats(chat_template_tokenizer(), *load_corpus())
+        for name, spec, texts in zip(("solver", "verifier"), (SOLVER, VERIFIER), chats, strict=True):
+            build_tiny_lm(work / name, texts=texts, layers=spec["layers"], hidden=spec["hidden"],
+                          heads=spec["heads"], seed=SEED, vocab_size=1024)
+            train_tiny_lm(work / name, texts, steps=spec["steps"], lr=spec["lr"], seed=SEED)
 
-    Work happens in a temporary sibling directory renamed into place at the end, so an
-    interrupted run never leaves a half-trained model that later runs would trust."""
-    from transformers import AutoTokenizer
-
-    from tandemlm.tiny import build_tiny_lm, build_tokenizer, train_tiny_lm
-
-    root = root or cache_dir()
-    if (root / "solver").is_dir() and (root / "verifier").is_dir():
-        return root / "solver", root / "verifier"
-    work = root.with_name(f"{root.name}.tmp{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    # A first tokenizer renders the chats; each model's own is then trained on its chats.
-    build_tokenizer(work / "render", ["placeholder text"])
-    chats = _chats(AutoTokenizer.from_pretrained(work / "render"), *load_corpus())
-    for name, spec, texts in zip(("solver", "verifier"), (SOLVER, VERIFIER), chats, strict=True):
-        build_tiny_lm(work / name, texts=texts, layers=spec["layers"], hidden=spec["hidden"],
-                      heads=spec["heads"], seed=SEED, vocab_size=1024)
-        train_tiny_lm(work / name, texts, steps=spec["steps"], lr=spec["lr"], seed=SEED)
-    shutil.rmtree(work / "render")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        work.rename(root)
-    except OSError:  # another process finished first: use its models
-        shutil.rmtree(work, ignore_errors=True)
+    root = build_once(root or cache_dir(), build)
     return root / "solver", root / "verifier"
 
 

@@ -199,37 +199,51 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TANDEM_CACHE") or Path.home() / ".cache" / "tandemlm")
 
 
-def cached_chat_lm(name: str, texts: list[str], *, layers: int = 2, hidden: int = 64,
-                   heads: int = 4, steps: int = 200, seed: int = 0, max_tokens: int = 640) -> Path:
-    """A tiny Llama whose tokenizer and weights are trained on `texts` (e.g. `node_chat_texts`),
-    built once and kept under `cache_dir()` in a folder named after a hash of everything that
-    shapes it; a half-built model never lands there (built aside, then renamed). Texts are
-    trained up to `max_tokens` tokens: chats in DSPy's ChatAdapter format run to a few hundred.
-    """
-    import hashlib
-    import json
+def build_once(target: Path, build) -> Path:
+    """Run `build(work_dir)` in a temporary sibling of `target` and rename it into place, unless
+    `target` already exists: an interrupted build never lands there, and when two processes
+    race, the first to finish wins and the other's copy is dropped."""
     import shutil
     import tempfile
 
-    spec = json.dumps({"texts": texts, "layers": layers, "hidden": hidden, "heads": heads,
-                       "steps": steps, "seed": seed, "max_tokens": max_tokens, "version": 1},
-                      sort_keys=True)
-    target = cache_dir() / f"{name}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}"
-    if (target / "model.safetensors").is_file():
+    target = Path(target)
+    if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        build_tiny_lm(work, texts=texts, layers=layers, hidden=hidden, heads=heads, seed=seed)
-        train_tiny_lm(work, texts, steps=steps, seed=seed, max_tokens=max_tokens)
+        build(work)
         try:
             work.rename(target)
         except OSError:  # another process finished first: keep its copy
             shutil.rmtree(work, ignore_errors=True)
+            if not target.is_dir():
+                raise
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return target
+
+
+def cached_chat_lm(name: str, texts: list[str], *, layers: int = 2, hidden: int = 64,
+                   heads: int = 4, steps: int = 200, seed: int = 0, max_tokens: int = 640) -> Path:
+    """A tiny Llama whose tokenizer and weights are trained on `texts` (e.g. `node_chat_texts`),
+    built once (`build_once`) under `cache_dir()` in a folder named after a hash of everything
+    that shapes it. Texts are trained up to `max_tokens` tokens: chats in DSPy's ChatAdapter
+    format run to a few hundred.
+    """
+    import hashlib
+    import json
+
+    spec = json.dumps({"texts": texts, "layers": layers, "hidden": hidden, "heads": heads,
+                       "steps": steps, "seed": seed, "max_tokens": max_tokens, "version": 1},
+                      sort_keys=True)
+
+    def build(work: Path) -> None:
+        build_tiny_lm(work, texts=texts, layers=layers, hidden=hidden, heads=heads, seed=seed)
+        train_tiny_lm(work, texts, steps=steps, seed=seed, max_tokens=max_tokens)
+
+    return build_once(cache_dir() / f"{name}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}", build)
 
 
 def chat_template_tokenizer():
