@@ -172,6 +172,13 @@ class LMNode(dspy.Predict, Node):
         self._record_dspy_trace(traces)
         return traces
 
+    def sampler(self, n: int, temperature: float, seed: int | None) -> LMNode:
+        """A copy of this node that draws `n` seeded samples per example (its trace's `raw` holds
+        them), for judges and selectors that compare samples (Agreement, BestOfN)."""
+        copy = self.deepcopy()
+        copy.config.update(n=n, temperature=temperature, seed=seed)
+        return copy
+
     def _absorb(self, trace: NodeTrace, result: GenResult) -> str | None:
         """Set the trace's outputs (or error) from one result; returns the error, if any."""
         if not result.ok:

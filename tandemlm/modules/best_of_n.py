@@ -79,14 +79,10 @@ class BestOfN(Composite):
     def output_fields(self) -> Fields:
         return {**self.solver.output_fields, "score": float, "candidates": list}
 
-    def _sampler(self) -> LMNode:
-        sampler = self.solver.deepcopy()
-        sampler.config.update(n=self.n, temperature=self.temperature, seed=self.seed)
-        return sampler
-
     def run_batch(self, inputs: list[dict[str, Any]], ctx: RunContext) -> list[NodeTrace]:
         traces = [parent_trace(self, values) for values in inputs]
-        runs = ctx.run(self._sampler(), [{f: v[f] for f in self.solver.input_fields} for v in inputs])
+        sampler = self.solver.sampler(self.n, self.temperature, self.seed)
+        runs = ctx.run(sampler, [{f: v[f] for f in self.solver.input_fields} for v in inputs])
         samples = []  # per example: one parsed output dict (or None) per sample
         rows: list[dict[str, Any]] = []
         owners: list[tuple[int, str]] = []  # (example, candidate key) of each scorer row

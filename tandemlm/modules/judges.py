@@ -81,9 +81,8 @@ class Agreement(Judge):
     def score(self, ctx, solver, inputs, answers):
         if not isinstance(solver, LMNode):
             raise ConfigError("Agreement judges LM-node solvers only")
-        sampler = solver.deepcopy()
+        sampler = solver.sampler(self.k, self.temperature, self.seed)
         sampler.name = f"{solver.name}.samples"
-        sampler.config.update(n=self.k, temperature=self.temperature, seed=self.seed)
         traces = ctx.run(sampler, inputs)
         scores: list[float | None] = []
         for answer, trace in zip(answers, traces, strict=True):
