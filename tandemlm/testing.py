@@ -13,6 +13,7 @@ Rules, checked in order: `fail` (a predicate or substring: matching requests fai
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,20 @@ def request_text(request: GenRequest | ScoreRequest) -> str:
     if request.prompt is not None:
         return request.prompt
     return "\n\n".join(f"{m['role']}: {m['content']}" for m in request.messages or ())
+
+
+def chat_reply(**fields: object) -> str:
+    """A well-formed ChatAdapter completion carrying `fields`, for scripted replies."""
+    return "".join(f"[[ ## {k} ## ]]\n{v}\n\n" for k, v in fields.items()) + "[[ ## completed ## ]]"
+
+
+def request_field(request: GenRequest, name: str) -> str:
+    """The value of input field `name` in a ChatAdapter-formatted request's last message."""
+    content = request.messages[-1]["content"] if request.messages else request.prompt or ""
+    match = re.search(rf"\[\[ ## {re.escape(name)} ## \]\]\n(.*?)(?:\n\n|$)", content, re.S)
+    if match is None:
+        raise KeyError(f"no field {name!r} in the request")
+    return match.group(1)
 
 
 def _matches(matcher: Matcher, request: GenRequest) -> bool:

@@ -4,7 +4,6 @@ isolation, traces, and DSPy interop."""
 from __future__ import annotations
 
 import copy
-import re
 import threading
 import time
 import uuid
@@ -14,23 +13,11 @@ import pytest
 
 from tandemlm.compose import LMNode, Pipeline, Step
 from tandemlm.modules import Solve
-from tandemlm.runtime import ConfigError, GenRequest, Model, TandemError
+from tandemlm.testing import chat_reply as chat, request_field as field
+from tandemlm.runtime import ConfigError, Model, TandemError
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-def field(request: GenRequest, name: str) -> str:
-    """The value of input field `name` in a ChatAdapter-formatted request."""
-    user = request.messages[-1]["content"]
-    match = re.search(rf"\[\[ ## {name} ## \]\]\n(.*?)(?:\n\n|$)", user, re.S)
-    assert match, f"no field {name!r} in {user!r}"
-    return match.group(1)
-
-
-def chat(**fields: str) -> str:
-    """A well-formed ChatAdapter completion."""
-    body = "".join(f"[[ ## {k} ## ]]\n{v}\n\n" for k, v in fields.items())
-    return body + "[[ ## completed ## ]]"
 
 
 def scripted(prefix: str, reply, **options) -> Model:

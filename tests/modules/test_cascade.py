@@ -4,7 +4,6 @@ stage; judges (node, agreement, answer log-probability) on scripted and real mod
 from __future__ import annotations
 
 import math
-import re
 import uuid
 
 import pytest
@@ -14,21 +13,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tandemlm import LMNode, Model, Pipeline, Solve, evaluate
 from tandemlm.modules.cascade import Cascade, Stage
 from tandemlm.modules.judges import Agreement, AnswerLogprob
-from tandemlm.runtime import ConfigError, GenRequest
+from tandemlm.testing import chat_reply as _chat, request_field as _field
+from tandemlm.runtime import ConfigError
 from tandemlm.runtime.backends.hf_prompt import encode_continuation, encode_prompt
 from tandemlm.tiny import build_tiny_lm, default_corpus, train_tiny_lm
 
 QUESTIONS = [f"q{i}" for i in range(10)]
 SCORES = {q: (0.9 if i % 3 else 0.1) for i, q in enumerate(QUESTIONS)}  # q0, q3, q6, q9 rejected
-
-
-def _field(request: GenRequest, name: str) -> str:
-    match = re.search(rf"\[\[ ## {name} ## \]\]\n(.*?)(?:\n\n|$)", request.messages[-1]["content"], re.S)
-    return match.group(1)
-
-
-def _chat(**fields) -> str:
-    return "".join(f"[[ ## {k} ## ]]\n{v}\n\n" for k, v in fields.items()) + "[[ ## completed ## ]]"
 
 
 def _model(tag, reply, **kw):

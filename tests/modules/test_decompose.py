@@ -5,7 +5,6 @@ same results batched as one by one."""
 from __future__ import annotations
 
 import random
-import re
 import uuid
 
 import pytest
@@ -14,17 +13,8 @@ from tandemlm.compose import Pipeline
 from tandemlm.modules import Solve
 from tandemlm.modules.decompose import Decompose
 from tandemlm.modules.map import Map
+from tandemlm.testing import chat_reply as chat, request_field as field
 from tandemlm.runtime import ConfigError, GenRequest, Model, ParseError
-
-
-def field(request: GenRequest, name: str) -> str:
-    match = re.search(rf"\[\[ ## {name} ## \]\]\n(.*?)(?:\n\n|$)", request.messages[-1]["content"], re.S)
-    assert match, f"no field {name!r} in the request"
-    return match.group(1)
-
-
-def chat(**fields: str) -> str:
-    return "".join(f"[[ ## {k} ## ]]\n{v}\n\n" for k, v in fields.items()) + "[[ ## completed ## ]]"
 
 
 def scripted(label: str, reply) -> Model:

@@ -3,7 +3,6 @@ of all examples, order, empty lists, failure isolation, traces and cost, and pip
 
 from __future__ import annotations
 
-import re
 import uuid
 
 import pytest
@@ -13,18 +12,8 @@ from tandemlm.compose import LMNode, Pipeline, Step
 from tandemlm.modules import Solve
 from tandemlm.modules.decompose import Decompose
 from tandemlm.modules.map import Map
+from tandemlm.testing import chat_reply as chat, request_field as field
 from tandemlm.runtime import ConfigError, GenRequest, Model
-
-
-def field(request: GenRequest, name: str) -> str:
-    """The value of input field `name` in a ChatAdapter-formatted request."""
-    match = re.search(rf"\[\[ ## {name} ## \]\]\n(.*?)(?:\n\n|$)", request.messages[-1]["content"], re.S)
-    assert match, f"no field {name!r} in the request"
-    return match.group(1)
-
-
-def chat(**fields: str) -> str:
-    return "".join(f"[[ ## {k} ## ]]\n{v}\n\n" for k, v in fields.items()) + "[[ ## completed ## ]]"
 
 
 def scripted(label: str, reply, **options) -> Model:

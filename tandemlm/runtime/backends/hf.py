@@ -27,12 +27,12 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 
-from tandemlm.runtime.backend import Backend
 from tandemlm.runtime.backends.hf_prompt import (StopOnStrings, cut_at_stop, decode_continuation,
                                                  encode_continuation, encode_prompt, encode_prompts,
                                                  left_pad,
                                                  render_prompt)
-from tandemlm.runtime.backends.hf_common import DTYPES, placement, release, weights_identity
+from tandemlm.runtime.backends.hf_common import (DTYPES, TransformersBackend, placement,
+                                                 weights_identity)
 from tandemlm.runtime.errors import ConfigError
 from tandemlm.runtime.types import GenRequest, GenResult, ScoreRequest, ScoreResult
 
@@ -68,7 +68,7 @@ class _RowSampler(LogitsProcessor):
         return scores - torch.log(-torch.log(uniform))
 
 
-class HFBackend(Backend):
+class HFBackend(TransformersBackend):
     """Hugging Face transformers causal LM, loaded lazily on first use.
 
     Args:
@@ -380,14 +380,6 @@ class HFBackend(Backend):
             return self.model_id
         return weights_identity(path)
 
-    def num_parameters(self) -> int:
-        model, _ = self._load()
-        return sum(p.numel() for p in model.parameters())
-
-    def close(self) -> None:
-        with self._lock:
-            model, self._model, self._tokenizer = self._model, None, None
-        release(model)
 
 
 def _row_seed(seed: int | None, sample: int) -> int:

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from tandemlm.runtime.backend import Backend
-from tandemlm.runtime.backends.hf_common import DTYPES, placement, release, weights_identity
+from tandemlm.runtime.backends.hf_common import (DTYPES, TransformersBackend, placement,
+                                                 weights_identity)
 from tandemlm.runtime.errors import ConfigError
 from tandemlm.runtime.types import ClassifyRequest, ClassifyResult, GenRequest, GenResult
 
@@ -59,7 +59,7 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-class HFClassifierBackend(Backend):
+class HFClassifierBackend(TransformersBackend):
     """A transformers encoder with a sequence-classification head, loaded lazily on first use.
 
     Args:
@@ -257,14 +257,6 @@ class HFClassifierBackend(Backend):
         """The weights' identity (see `weights_identity`), without loading the model."""
         return weights_identity(Path(self._source()))
 
-    def num_parameters(self) -> int:
-        model, _ = self._load()
-        return sum(p.numel() for p in model.parameters())
-
-    def close(self) -> None:
-        with self._lock:
-            model, self._model, self._tokenizer = self._model, None, None
-        release(model)
 
 
 def _targets(labels: Sequence[float], num_labels: int, n_pairs: int) -> torch.Tensor:

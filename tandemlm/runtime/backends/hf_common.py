@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from tandemlm.runtime.backend import Backend
+
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 _MIB = 1 << 20
 
@@ -44,3 +46,20 @@ def release(model: Any) -> None:
     gc.collect()
     if on_cuda:
         torch.cuda.empty_cache()
+
+
+class TransformersBackend(Backend):
+    """Lifecycle shared by the transformers backends: subclasses load lazily into `_model` and
+    `_tokenizer` under `_lock` through `_load()`."""
+
+    def _load(self) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def num_parameters(self) -> int:
+        model, _ = self._load()
+        return sum(p.numel() for p in model.parameters())
+
+    def close(self) -> None:
+        with self._lock:
+            model, self._model, self._tokenizer = self._model, None, None
+        release(model)
