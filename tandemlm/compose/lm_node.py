@@ -145,6 +145,18 @@ class LMNode(dspy.Predict, Node):
                              raw=text, expected=tuple(self.signature.output_fields)) from None
         return {k: parsed[k] for k in self.signature.output_fields}
 
+    # -- compiler state --------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "instructions": self.signature.instructions,
+                "demos": [_demo_dict(d) for d in self.demos]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        if "instructions" in state:
+            self.signature = self.signature.with_instructions(state["instructions"])
+        if "demos" in state:
+            self.demos = [dict(d) for d in state["demos"]]
+
     # -- execution -------------------------------------------------------------------------
     def run_batch(self, inputs: list[dict[str, Any]], ctx: RunContext) -> list[NodeTrace]:
         model = ctx.model(self.model)

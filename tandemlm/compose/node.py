@@ -53,6 +53,18 @@ class Node:
     def run_batch(self, inputs: list[dict[str, Any]], ctx: RunContext) -> list[NodeTrace]:
         raise NotImplementedError
 
+    # -- state that compiler passes change; saved in an artifact's program.json ----------------
+    def state(self) -> dict[str, Any]:
+        """What compiler passes may change on this node: JSON values, and `Model`s (which the
+        artifact writer stores as configurations). A model bound by name belongs to the
+        pipeline's state, not the node's."""
+        return {"model": self.model} if isinstance(self.model, Model) else {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what `state()` returned (a model of None keeps the current one)."""
+        if state.get("model") is not None:
+            self.model = state["model"]
+
 
 class Step(Node):
     """A plain Python step: `fn(**inputs)` returns a dict of the declared outputs (or, with one

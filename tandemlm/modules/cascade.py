@@ -57,6 +57,25 @@ class Cascade(Composite):
         self.judges = [as_judge(s.judge) for s in stages]
         self.judge_nodes = [j.node for j in self.judges if j is not None and hasattr(j, "node")]
         self.thresholds = [float(s.threshold) for s in stages]
+        #: which stages run, in which order (Calibrate may drop or reorder stages); the last one
+        #: answers unjudged. Thresholds are indexed by stage, not by position.
+        self.order = list(range(len(stages)))
+
+    def state(self) -> dict[str, Any]:
+        return {"thresholds": list(self.thresholds), "order": list(self.order)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        n = len(self.solvers)
+        order = [int(i) for i in state.get("order", self.order)]
+        thresholds = [float(t) for t in state.get("thresholds", self.thresholds)]
+        if not order or len(set(order)) != len(order) or not all(0 <= i < n for i in order) \
+                or len(thresholds) != n:
+            raise ConfigError(f"cascade '{self.name}': invalid state (order {order}, "
+                              f"{len(thresholds)} thresholds) for {n} stages")
+        if any(self.judges[i] is None for i in order[:-1]):
+            raise ConfigError(f"cascade '{self.name}': order {order} puts a stage without a judge "
+                              f"before the last position")
+        self.order, self.thresholds = order, thresholds
 
     def children(self) -> list[Node]:
         return [*self.solvers, *self.judge_nodes]
@@ -87,8 +106,9 @@ class Cascade(Composite):
         traces = [NodeTrace(node=self.name, inputs=x, info={"scores": [], "stage_costs": []})
                   for x in inputs]
         pending = list(range(len(inputs)))
-        last = len(self.solvers) - 1
-        for s, (solver, judge) in enumerate(zip(self.solvers, self.judges, strict=True)):
+        last = self.order[-1]
+        for s in self.order:
+            solver, judge = self.solvers[s], self.judges[s]
             if not pending:
                 break
             rows = [{f: inputs[i][f] for f in solver.input_fields} for i in pending]
@@ -96,7 +116,7 @@ class Cascade(Composite):
             answered = [k for k, a in enumerate(answers) if a.ok]
             scores: list[float | None] = [None] * len(pending)
             judged: list[NodeTrace | None] = [None] * len(pending)
-            if s < last and answered:
+            if s != last and answered:
                 got, judge_traces = judge.score(ctx, solver, [inputs[pending[k]] for k in answered],
                                                 [answers[k] for k in answered])
                 for k, score, trace in zip(answered, got, judge_traces, strict=True):

@@ -1,1 +1,10 @@
-"""The compiler: `compile()` and its passes (one file each)."""
+"""The compiler: `compile()`, its passes (one file each), the trace store and artifacts."""
+
+from tandemlm.optimizers.artifacts import load, save_program
+from tandemlm.optimizers.compile import compile
+from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, select_nodes
+from tandemlm.optimizers.report import PassReport, Reporter, RichReporter
+from tandemlm.optimizers.trace_store import NodeCall, Traces, TraceStore
+
+__all__ = ["CompileContext", "NodeCall", "Pass", "PassReport", "Reporter", "RichReporter",
+           "TraceStore", "Traces", "compile", "lm_nodes", "load", "save_program", "select_nodes"]

@@ -2,7 +2,9 @@
 
 from tandemlm.runtime.accounting import Cost, Ledger, ModelUsage, call_cost
 from tandemlm.runtime.backend import Backend, register_backend, registered_backends, require, supports
-from tandemlm.runtime.errors import (ArtifactError, BackendError, CapabilityError, ConfigError,
+from tandemlm.runtime.cache import CallCache, use_cache
+from tandemlm.runtime.errors import (ArtifactError, BackendError, CapabilityError, CompileError,
+                                     ConfigError,
                                      EvaluationAborted, GraphError, ParseError, PrivacyError,
                                      RateLimited, ReplayMiss, TandemError, Unavailable)
 from tandemlm.runtime.model import Model
@@ -10,9 +12,10 @@ from tandemlm.runtime.types import (ClassifyRequest, ClassifyResult, GenRequest,
                                     ScoreRequest, ScoreResult, request_texts)
 
 __all__ = [
-    "ArtifactError", "Backend", "BackendError", "CapabilityError", "ClassifyRequest",
-    "ClassifyResult", "ConfigError", "Cost", "EvaluationAborted", "GenRequest", "GenResult",
-    "GraphError", "Ledger", "Model", "ModelUsage", "ParseError", "PrivacyError", "RateLimited",
-    "ReplayMiss", "ScoreRequest", "ScoreResult", "TandemError", "Unavailable", "call_cost",
-    "register_backend", "registered_backends", "request_texts", "require", "supports",
+    "ArtifactError", "Backend", "BackendError", "CallCache", "CapabilityError", "ClassifyRequest",
+    "ClassifyResult", "CompileError", "ConfigError", "Cost", "EvaluationAborted", "GenRequest",
+    "GenResult", "GraphError", "Ledger", "Model", "ModelUsage", "ParseError", "PrivacyError",
+    "RateLimited", "ReplayMiss", "ScoreRequest", "ScoreResult", "TandemError", "Unavailable",
+    "call_cost", "register_backend", "registered_backends", "request_texts", "require", "supports",
+    "use_cache",
 ]

@@ -57,3 +57,7 @@ class ArtifactError(TandemError):
 
 class EvaluationAborted(TandemError):
     """An evaluation stopped because too many examples failed."""
+
+
+class CompileError(TandemError):
+    """A compiler pass cannot run on this pipeline or data (no trainable node, no passing trace)."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from tandemlm.runtime.accounting import Cost, call_cost
 from tandemlm.runtime.backend import Backend, backend_class, require, supports
+from tandemlm.runtime.cache import active_cache
 from tandemlm.runtime.errors import BackendError, ConfigError
 from tandemlm.runtime.types import (ClassifyRequest, ClassifyResult, GenRequest, GenResult,
                                     ScoreRequest, ScoreResult)
@@ -83,6 +84,12 @@ class Model:
         return _stable_json({"backend": self.backend_name, "id": self.id,
                              "adapter": self.adapter, "options": self.options})
 
+    @property
+    def serializable(self) -> bool:
+        """Whether the configuration is JSON (so it can be shared, cached and saved); a test
+        double's callables are not."""
+        return self._shareable()
+
     def _shareable(self) -> bool:
         """Only JSON options identify a configuration; callables (test doubles) do not."""
         try:
@@ -144,23 +151,32 @@ class Model:
         """Run one batch; a backend crash becomes an error result per request, never a lost
         batch. A `ConfigError` (the model is set up wrong) is raised: no request can succeed."""
         return self._isolated(lambda batch: self.backend.generate(batch), requests,
-                              GenResult.failed)
+                              GenResult.failed, kind="generate")
 
     def logprobs(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         """Score continuations; like `generate`, a backend crash fails each request alone."""
         self.require("logprobs")
         return self._isolated(lambda batch: self.backend.logprobs(batch), requests,
-                              lambda error: ScoreResult(error=error))
+                              lambda error: ScoreResult(error=error), kind="logprobs")
 
     def classify(self, requests: list[ClassifyRequest]) -> list[ClassifyResult]:
         """Classification-head scores; a backend crash fails each request alone."""
         self.require("classify")
         return self._isolated(lambda batch: self.backend.classify(batch), requests,
-                              lambda error: ClassifyResult(error=error))
+                              lambda error: ClassifyResult(error=error), kind="classify")
 
-    def _isolated(self, call: Callable[[list], list], requests: list, failed: Callable[[str], Any]) -> list:
+    def _isolated(self, call: Callable[[list], list], requests: list, failed: Callable[[str], Any],
+                  kind: str) -> list:
         if not requests:
             return []
+        cache = active_cache()
+        if cache is not None and self._shareable():
+            return cache.call(kind, self.fingerprint, list(requests),
+                              lambda todo: self._run_isolated(call, todo, failed))
+        return self._run_isolated(call, requests, failed)
+
+    def _run_isolated(self, call: Callable[[list], list], requests: list,
+                      failed: Callable[[str], Any]) -> list:
         try:
             results = call(list(requests))
         except ConfigError:

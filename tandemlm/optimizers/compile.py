@@ -1,0 +1,162 @@
+"""`compile(pipeline, trainset, metric, passes=[...], out_dir=...)`: run passes in order, each on the
+traces of the pipeline the previous pass returned, and write a loadable artifact.
+
+Each finished pass records, atomically, the pipeline state it produced (`out/passes/NN-name.json`,
+with checksums of the files it wrote); model calls go through a sqlite call cache in `out/`. So a
+compile killed mid-pass and run again with the same `out_dir` resumes after the last finished pass
+and re-pays no model call; `program.json` and `report.json` appear only when every pass finished.
+
+    compiled = compile(pipe, "train.jsonl", exact_match, valset="dev.jsonl",
+                       passes=[BootstrapDemos(k=4), Finetune(nodes=["decompose"])], out_dir="out/")
+    compiled.compile_report      # one PassReport per pass
+    tandemlm.load("out/")        # the same program, later
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tandemlm.compose import Pipeline
+from tandemlm.compose.state import set_pipeline_state
+from tandemlm.evaluate import load_data
+from tandemlm.evaluate.metrics import Metric
+from tandemlm.optimizers.artifacts import (atomic_write, decode_state, read_json, save_program,
+                                           snapshot, verify_snapshot)
+from tandemlm.optimizers.passes import CompileContext, Pass
+from tandemlm.optimizers.report import PassReport, Reporter, RichReporter
+from tandemlm.optimizers.trace_store import TraceStore
+from tandemlm.runtime import ArtifactError, CallCache, ConfigError
+
+
+def _inputs_key(pipeline: Pipeline, out: Path, train: list, val: list, metric: Metric, seed: int) -> str:
+    """What a resumed compile must share with the interrupted one."""
+    payload = {"state": snapshot(pipeline, out)["state"], "train": train, "val": val, "seed": seed,
+               "metric": getattr(metric, "__qualname__", type(metric).__name__)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def _start_record(out: Path, key: str, reporter: Reporter) -> None:
+    """Keep finished passes of an interrupted compile of the same inputs; drop any other's."""
+    record = out / "compile.json"
+    if record.exists():
+        try:
+            same = read_json(record, "compile record").get("inputs") == key
+        except ArtifactError:
+            same = False
+        if not same:
+            reporter.note(f"{out} holds a compile of other inputs; starting over")
+            for marker in (out / "passes").glob("*.json"):
+                marker.unlink()
+    atomic_write(record, json.dumps({"inputs": key}) + "\n")
+
+
+def _resume(marker: Path, step: Pass, out: Path, pipeline: Pipeline) -> PassReport | None:
+    """The recorded report if `marker` holds this very pass, finished; its state is set on
+    `pipeline`. A marker of a different pass (options changed) is not resumed."""
+    if not marker.exists():
+        return None
+    data = read_json(marker, "pass record")
+    if data.get("name") != step.name or data.get("config") != step.config():
+        return None
+    verify_snapshot(data["snapshot"], out, marker)
+    set_pipeline_state(pipeline, decode_state(data["snapshot"]["state"], out))
+    return PassReport(**{**data["report"], "resumed": True})
+
+
+def _as_passes(passes: Iterable[Pass]) -> list[Pass]:
+    passes = list(passes)
+    bad = [p for p in passes if not isinstance(p, Pass)]
+    if bad:
+        raise ConfigError(f"passes must be Pass objects (BootstrapDemos(...), Finetune(...), ...), "
+                          f"got {type(bad[0]).__name__}")
+    return passes
+
+
+def compile(pipeline: Pipeline, trainset: Any, metric: Metric, *, passes: Sequence[Pass],
+            valset: Any = None, out_dir: str | Path | None = None, source: str | None = None,
+            seed: int = 0, threshold: float | None = None, batch_size: int = 64,
+            progress: bool = True, reporter: Reporter | None = None) -> Pipeline:
+    """Compile `pipeline`; see the module docstring.
+
+    Args:
+        trainset, valset: examples (a path, a list of dicts or `dspy.Example`s); passes learn
+            from the trainset and select on the valset; the report measures on the valset when
+            given, else on the trainset.
+        metric: `metric(example, prediction, trace=None)` -> bool or float.
+        passes: the passes, run in order.
+        out_dir: artifact directory (a temporary one when omitted: no resume).
+        source: how to rebuild the program ("file.py:NAME"), recorded so `load(out_dir)` works.
+        seed: seeds every pass's randomness.
+        threshold: metric value from which an example passes (default: truthy).
+    """
+    steps = _as_passes(passes)
+    train = load_data(trainset)
+    val = load_data(valset) if valset is not None else []
+    if not train:
+        raise ConfigError("compile needs a non-empty trainset")
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="tandem-compile-"))
+    out.mkdir(parents=True, exist_ok=True)
+    reporter = reporter or (RichReporter() if progress else Reporter())
+    _start_record(out, _inputs_key(pipeline, out, train, val, metric, seed), reporter)
+    store = TraceStore(metric, cache=CallCache(out / "calls.sqlite"), threshold=threshold,
+                       batch_size=batch_size, progress=progress)
+    split = "val" if val else "train"
+    current = copy.deepcopy(pipeline)
+    reports: list[PassReport] = []
+    resuming = True  # once a pass runs afresh, later records describe another history
+    try:
+        for index, step in enumerate(steps, 1):
+            ctx = CompileContext(train, val, metric, store, out, index=index, seed=seed,
+                                 reporter=reporter)
+            marker = out / "passes" / f"{index:02d}-{step.name}.json"
+            report = _resume(marker, step, out, current) if resuming else None
+            if report is None:
+                resuming = False
+                for stale in (out / "passes").glob("*.json"):
+                    if int(stale.name.split("-", 1)[0]) >= index:
+                        stale.unlink()
+                current, report = _run_pass(step, current, ctx, split, marker)
+            reports.append(report)
+            reporter.pass_done(report)
+        save_program(current, out, source=source, passes=[r.to_dict() for r in reports])
+    finally:
+        store.cache.close()
+    _write_report(out, reports, split, current)
+    current.compile_report = reports
+    return current
+
+
+def _run_pass(step: Pass, pipeline: Pipeline, ctx: CompileContext, split: str,
+              marker: Path) -> tuple[Pipeline, PassReport]:
+    started = time.perf_counter()
+    train_traces = ctx.traces(pipeline, "train")
+    before = train_traces if split == "train" else ctx.traces(pipeline, split)
+    new = step.apply(pipeline, train_traces, ctx)
+    if not isinstance(new, Pipeline):
+        raise ConfigError(f"pass '{step.name}' returned a {type(new).__name__}; apply() must "
+                          f"return a Pipeline")
+    after = ctx.traces(new, split)
+    report = PassReport(ctx.index, step.name, step.config(), before.score, after.score,
+                        before.cost(), after.cost(), time.perf_counter() - started,
+                        details=dict(ctx.details))
+    record = {"name": step.name, "config": step.config(), "report": report.to_dict(),
+              "snapshot": snapshot(new, ctx.out)}
+    atomic_write(marker, json.dumps(record, indent=1) + "\n")
+    return new, report
+
+
+def _write_report(out: Path, reports: list[PassReport], split: str, pipeline: Pipeline) -> None:
+    summary = {"program": pipeline.name, "split": split,
+               "metric_before": reports[0].metric_before if reports else None,
+               "metric_after": reports[-1].metric_after if reports else None,
+               "cost_before": reports[0].cost_before if reports else None,
+               "cost_after": reports[-1].cost_after if reports else None,
+               "passes": [r.to_dict() for r in reports]}
+    atomic_write(out / "report.json", json.dumps(summary, indent=1) + "\n")
