@@ -9,6 +9,8 @@ control flow deterministically and inspect every request a node sent:
 Rules, checked in order: `fail` (a predicate or substring: matching requests fail alone),
 `replies` (dict: exact prompt text -> reply), `rules` (list of (substring or predicate, reply)),
 `queue` (replies consumed in order), then `reply` (a string, or callable(request) -> str).
+`adapter` is accepted and ignored by the replies, so a scripted model can stand in for a
+fine-tuned one: the adapter's content is part of the `Model`'s fingerprint, as for a real model.
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ def request_field(request: GenRequest, name: str) -> str:
     return match.group(1)
 
 
+def demo_values(request: GenRequest, name: str) -> list[str]:
+    """The values of field `name` in the demos of a ChatAdapter-formatted request (the turns
+    between the system message and the last user message), in order."""
+    turns = (request.messages or ())[1:-1]
+    pattern = rf"\[\[ ## {re.escape(name)} ## \]\]\n(.*?)(?:\n\n|$)"
+    return [m.group(1) for turn in turns for m in [re.search(pattern, turn["content"], re.S)] if m]
+
+
 def _matches(matcher: Matcher, request: GenRequest) -> bool:
     return matcher(request) if callable(matcher) else matcher in request_text(request)
 
@@ -61,7 +71,7 @@ class ScriptedBackend(Backend):
     def __init__(self, model_id: str, *, reply: Reply | None = None,
                  replies: dict[str, str] | None = None,
                  rules: list[tuple[Matcher, Reply]] | None = None, queue: list[str] | None = None,
-                 fail: Matcher | None = None,
+                 fail: Matcher | None = None, adapter: str | None = None,
                  logprob: Callable[[ScoreRequest, str], float] | None = None,
                  tokens_per_char: float = 0.25, **unknown: Any) -> None:
         if unknown:
@@ -69,7 +79,7 @@ class ScriptedBackend(Backend):
         super().__init__(model_id)
         self.reply, self.replies, self.rules = reply, dict(replies or {}), list(rules or [])
         self.queue, self.fail, self.logprob_fn = list(queue or []), fail, logprob
-        self.tokens_per_char = tokens_per_char
+        self.tokens_per_char, self.adapter = tokens_per_char, adapter
         self.history: list[GenRequest] = []
         self.batches: list[int] = []
         self._lock = threading.Lock()

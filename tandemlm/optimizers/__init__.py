@@ -1,10 +1,12 @@
 """The compiler: `compile()`, its passes (one file each), the trace store and artifacts."""
 
 from tandemlm.optimizers.artifacts import load, save_program
+from tandemlm.optimizers.bootstrap_demos import BootstrapDemos
 from tandemlm.optimizers.compile import compile
 from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, select_nodes
 from tandemlm.optimizers.report import PassReport, Reporter, RichReporter
 from tandemlm.optimizers.trace_store import NodeCall, Traces, TraceStore
 
-__all__ = ["CompileContext", "NodeCall", "Pass", "PassReport", "Reporter", "RichReporter",
-           "TraceStore", "Traces", "compile", "lm_nodes", "load", "save_program", "select_nodes"]
+__all__ = ["BootstrapDemos", "CompileContext", "NodeCall", "Pass", "PassReport", "Reporter",
+           "RichReporter", "TraceStore", "Traces", "compile", "lm_nodes", "load", "save_program",
+           "select_nodes"]

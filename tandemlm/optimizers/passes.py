@@ -103,7 +103,7 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple, set, frozenset)):
         return [_jsonable(v) for v in value]
     if hasattr(value, "to_dict"):
-        return value.to_dict()
+        return _jsonable(value.to_dict())  # a Model's options may hold a test double's callables
     return getattr(value, "__name__", None) or repr(value)
 
 
