@@ -57,15 +57,21 @@ def _start_record(out: Path, key: str, reporter: Reporter) -> None:
     atomic_write(record, json.dumps({"inputs": key}) + "\n")
 
 
-def _resume(marker: Path, step: Pass, out: Path, pipeline: Pipeline) -> PassReport | None:
+def _resume(marker: Path, step: Pass, out: Path, pipeline: Pipeline,
+            reporter: Reporter) -> PassReport | None:
     """The recorded report if `marker` holds this very pass, finished; its state is set on
-    `pipeline`. A marker of a different pass (options changed) is not resumed."""
+    `pipeline`. A marker of a different pass (options changed) is not resumed, nor one whose
+    record or files were damaged: the pass runs again and rebuilds them."""
     if not marker.exists():
         return None
-    data = read_json(marker, "pass record")
-    if data.get("name") != step.name or data.get("config") != step.config():
+    try:
+        data = read_json(marker, "pass record")
+        if data.get("name") != step.name or data.get("config") != step.config():
+            return None
+        verify_snapshot(data["snapshot"], out, marker)
+    except ArtifactError as exc:
+        reporter.note(f"{exc}; running pass '{step.name}' again")
         return None
-    verify_snapshot(data["snapshot"], out, marker)
     set_pipeline_state(pipeline, decode_state(data["snapshot"]["state"], out))
     return PassReport(**{**data["report"], "resumed": True})
 
@@ -116,7 +122,7 @@ def compile(pipeline: Pipeline, trainset: Any, metric: Metric, *, passes: Sequen
             ctx = CompileContext(train, val, metric, store, out, index=index, seed=seed,
                                  reporter=reporter)
             marker = out / "passes" / f"{index:02d}-{step.name}.json"
-            report = _resume(marker, step, out, current) if resuming else None
+            report = _resume(marker, step, out, current, reporter) if resuming else None
             if report is None:
                 resuming = False
                 for stale in (out / "passes").glob("*.json"):

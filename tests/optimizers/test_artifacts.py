@@ -1,0 +1,183 @@
+"""Compiled artifacts are checked when they load, and an interrupted compile resumes.
+
+Two small passes stand in for real ones: `SetDemo` changes node state, `Tune` writes a real
+safetensors weight file under the artifact directory and binds a model with that adapter (as
+Finetune does). A module-level counter records every `apply`, so a test can tell a resumed pass
+from one that ran again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from tandemlm import LMNode, Model, Pipeline
+from tandemlm.optimizers import Pass, Reporter, compile, lm_nodes, load
+from tandemlm.runtime import ArtifactError
+from tandemlm.testing import chat_reply, request_field
+
+APPLIED: Counter = Counter()
+TRAIN = [{"question": w, "answer": w.upper()} for w in ["cat", "dog", "owl"]]
+WEIGHTS = "adapter_model.safetensors"
+
+
+@dataclass
+class SetDemo(Pass):
+    """Test pass: gives node 'solve' one demo with this answer."""
+
+    answer: str = "A"
+    name = "set_demo"
+
+    def apply(self, pipeline, traces, ctx):
+        APPLIED[self.name] += 1
+        new = ctx.copy(pipeline)
+        lm_nodes(new)["solve"].demos = [{"question": "a", "answer": self.answer}]
+        return new
+
+
+@dataclass
+class Tune(Pass):
+    """Test pass standing in for Finetune: writes adapter weights, binds a model using them;
+    `crash=True` simulates a compile killed inside this pass."""
+
+    crash: bool = False
+    name = "tune"
+
+    def apply(self, pipeline, traces, ctx):
+        APPLIED[self.name] += 1
+        folder = ctx.artifact_dir("adapters", "solve")
+        save_file({"lora_A": np.arange(8, dtype=np.float32).reshape(2, 4)}, str(folder / WEIGHTS))
+        if self.crash:
+            raise RuntimeError("simulated crash inside the pass")
+        new = ctx.copy(pipeline)
+        # JSON options (unlike the base model's callable), so the tuned model is saved.
+        new.models["small"] = Model("scripted", "tuned", adapter=str(folder),
+                                    rules=[["question", chat_reply(answer="TUNED")]])
+        return new
+
+
+def upper(request):
+    """TEST DOUBLE for a model: upper-cases the question."""
+    return chat_reply(answer=request_field(request, "question").upper())
+
+
+def build() -> Pipeline:
+    return Pipeline([LMNode("question -> answer", model="small", name="solve")],
+                    models={"small": Model("scripted", "art-base", reply=upper)}, name="art")
+
+
+def exact(example, prediction, trace=None):
+    return prediction.answer == example.answer
+
+
+class Notes(Reporter):
+    """Keeps the reporter's notes for assertions."""
+
+    def __init__(self):
+        self.notes = []
+
+    def note(self, text):
+        self.notes.append(text)
+
+
+def run(out, passes, train=TRAIN, reporter=None):
+    return compile(build(), train, exact, passes=passes, out_dir=out, progress=False,
+                   reporter=reporter)
+
+
+@pytest.fixture(autouse=True)
+def _count():
+    APPLIED.clear()
+
+
+def test_compiled_program_loads_with_its_weights(tmp_path):
+    compiled = run(tmp_path, [SetDemo(), Tune()])
+    loaded = load(tmp_path, program=build)
+    model = loaded.models["small"]
+    assert model.adapter == str(tmp_path / "adapters" / "02-solve") and model.id == "tuned"
+    assert model.fingerprint == compiled.models["small"].fingerprint
+    assert lm_nodes(loaded)["solve"].demos == [{"question": "a", "answer": "A"}]
+    assert loaded(question="x").answer == "TUNED"
+    program = json.loads((tmp_path / "program.json").read_text())
+    assert set(program["files"]) == {f"adapters/02-solve/{WEIGHTS}"}
+
+
+def test_a_tampered_state_names_program_json(tmp_path):
+    run(tmp_path, [SetDemo()])
+    path = tmp_path / "program.json"
+    program = json.loads(path.read_text())
+    program["state"]["nodes"]["solve"]["demos"][0]["answer"] = "injected"
+    path.write_text(json.dumps(program))
+    with pytest.raises(ArtifactError, match=r"program\.json' was modified after it was written"):
+        load(tmp_path, program=build)
+
+
+def test_a_truncated_program_json_fails(tmp_path):
+    run(tmp_path, [SetDemo()])
+    path = tmp_path / "program.json"
+    path.write_text(path.read_text()[: len(path.read_text()) // 2])
+    with pytest.raises(ArtifactError, match=r"program\.json' is not valid JSON \(truncated"):
+        load(tmp_path, program=build)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[:-5]), "is truncated or was modified"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-1] + b"\x01"), "is truncated or was modified"),
+    (lambda p: p.unlink(), "is missing"),
+])
+def test_a_damaged_weight_file_is_named(tmp_path, damage, message):
+    run(tmp_path, [SetDemo(), Tune()])
+    damage(tmp_path / "adapters" / "02-solve" / WEIGHTS)
+    with pytest.raises(ArtifactError, match=rf"02-solve/{WEIGHTS}' {message}"):
+        load(tmp_path, program=build)
+
+
+def test_a_crashed_compile_resumes_after_its_last_finished_pass(tmp_path):
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tmp_path, [SetDemo(), Tune(crash=True)])
+    assert not (tmp_path / "program.json").exists() and not (tmp_path / "report.json").exists()
+    assert [p.name for p in (tmp_path / "passes").iterdir()] == ["01-set_demo.json"]
+    compiled = run(tmp_path, [SetDemo(), Tune()])
+    first, second = compiled.compile_report
+    assert first.resumed and not second.resumed
+    assert APPLIED == {"set_demo": 1, "tune": 2}
+    assert lm_nodes(compiled)["solve"].demos == [{"question": "a", "answer": "A"}]
+    assert load(tmp_path, program=build)(question="x").answer == "TUNED"
+    # Everything finished: a third run resumes both passes and applies nothing.
+    again = run(tmp_path, [SetDemo(), Tune()])
+    assert [r.resumed for r in again.compile_report] == [True, True]
+    assert APPLIED == {"set_demo": 1, "tune": 2}
+    assert again.models["small"].fingerprint == compiled.models["small"].fingerprint
+
+
+def test_changed_options_rerun_that_pass_and_the_ones_after(tmp_path):
+    run(tmp_path, [SetDemo(), Tune()])
+    compiled = run(tmp_path, [SetDemo(answer="B"), Tune()])
+    assert [r.resumed for r in compiled.compile_report] == [False, False]
+    assert APPLIED == {"set_demo": 2, "tune": 2}
+    assert lm_nodes(compiled)["solve"].demos[0]["answer"] == "B"
+    assert lm_nodes(load(tmp_path, program=build))["solve"].demos[0]["answer"] == "B"
+
+
+def test_a_different_trainset_starts_over(tmp_path):
+    run(tmp_path, [SetDemo()])
+    notes = Notes()
+    compiled = run(tmp_path, [SetDemo()], train=TRAIN[:2], reporter=notes)
+    assert not compiled.compile_report[0].resumed and APPLIED == {"set_demo": 2}
+    assert any("other inputs; starting over" in n for n in notes.notes)
+
+
+def test_a_damaged_pass_record_runs_the_pass_again(tmp_path):
+    run(tmp_path, [SetDemo(), Tune()])
+    (tmp_path / "adapters" / "02-solve" / WEIGHTS).unlink()
+    notes = Notes()
+    compiled = run(tmp_path, [SetDemo(), Tune()], reporter=notes)
+    assert [r.resumed for r in compiled.compile_report] == [True, False]
+    assert APPLIED == {"set_demo": 1, "tune": 2}
+    assert any(WEIGHTS in n and "running pass 'tune' again" in n for n in notes.notes)
+    assert load(tmp_path, program=build)(question="x").answer == "TUNED"
