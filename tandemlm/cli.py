@@ -8,6 +8,9 @@ import typer
 from rich.console import Console
 
 from tandemlm.evaluate import evaluate, load_object, load_program
+from tandemlm.optimizers import RichReporter, compile
+from tandemlm.optimizers.report import report_table
+from tandemlm.optimizers.specs import load_any_program, parse_passes, program_source
 from tandemlm.runtime import TandemError
 
 app = typer.Typer(help="tandemlm: compile and evaluate LM pipelines in which small models help "
@@ -22,7 +25,8 @@ def _fail(exc: Exception) -> None:
 
 @app.command("eval")
 def eval_command(
-    program: str = typer.Argument(..., help="PROGRAM.py:NAME or module:NAME of a Pipeline"),
+    program: str = typer.Argument(..., help="PROGRAM.py:NAME or module:NAME of a Pipeline, or a "
+                                            "compiled artifact directory"),
     data: Path = typer.Option(..., "--data", help="examples: .jsonl, .json or .csv"),
     metric: str = typer.Option(..., "--metric", help="MODULE:FN or FILE.py:FN"),
     limit: int | None = typer.Option(None, "--limit", help="evaluate the first N examples"),
@@ -32,7 +36,7 @@ def eval_command(
 ) -> None:
     """Evaluate a program: quality and cost per model."""
     try:
-        pipeline = load_program(program)
+        pipeline = load_any_program(program)
         result = evaluate(pipeline, data, load_object(metric, "metric"), limit=limit, out=out,
                           batch_size=batch_size, max_errors=max_errors)
     except TandemError as exc:
@@ -40,6 +44,33 @@ def eval_command(
     result.print(console)
     if out is not None:
         console.print(f"results written to {out}/results.jsonl and {out}/summary.json")
+
+
+@app.command("compile")
+def compile_command(
+    program: str = typer.Argument(..., help="PROGRAM.py:NAME or module:NAME of a Pipeline"),
+    train: Path = typer.Option(..., "--train", help="training examples: .jsonl, .json or .csv"),
+    metric: str = typer.Option(..., "--metric", help="MODULE:FN or FILE.py:FN"),
+    out: Path = typer.Option(..., "--out", help="artifact directory (a rerun resumes there)"),
+    val: Path | None = typer.Option(None, "--val", help="validation examples: passes select on "
+                                                        "them and the report measures on them"),
+    passes: list[str] = typer.Option(["BootstrapDemos"], "--passes",
+                                     help="a pass spec, repeatable, run in order: Name, "
+                                          "Name(option=literal, ...) or MODULE:Class"),
+    seed: int = typer.Option(0, "--seed", help="seeds every pass's randomness"),
+    batch_size: int = typer.Option(64, "--batch-size", help="examples per executor batch"),
+) -> None:
+    """Compile a program: run passes over its traces and write a loadable artifact."""
+    try:
+        steps = parse_passes(passes)
+        compiled = compile(load_program(program), train, load_object(metric, "metric"),
+                           passes=steps, valset=val, out_dir=out, source=program_source(program),
+                           seed=seed, batch_size=batch_size, reporter=RichReporter(console))
+    except TandemError as exc:
+        _fail(exc)
+    console.print(report_table(compiled.compile_report, "val" if val is not None else "train"))
+    console.print(f"compiled program written to {out}/program.json (report: {out}/report.json); "
+                  f"evaluate it with `tandem eval {out} --data FILE --metric {metric}`")
 
 
 @app.command("graph")

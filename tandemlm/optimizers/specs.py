@@ -1,0 +1,141 @@
+"""What the command line names: passes (`BootstrapDemos(k=4)`) and programs (a file, a module
+attribute, or a compiled artifact directory).
+
+A pass spec is a pass name, optionally called with keyword arguments whose values are Python
+literals (numbers, strings, lists, dicts, True/False/None). Values are read with
+`ast.literal_eval`, so a spec is never run as code.
+
+    parse_pass("BootstrapDemos")                                    # a built-in pass
+    parse_pass("BootstrapDemos(k=2, teacher={'small': 'large'})")   # with options
+    parse_pass("my_passes:Tidy(level=2)")                           # a user pass: MODULE:Class
+    parse_pass("passes.py:Tidy")                                    # or FILE.py:Class
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any
+
+from tandemlm.compose import Pipeline
+from tandemlm.evaluate.loading import load_object, load_program
+from tandemlm.optimizers.artifacts import load
+from tandemlm.optimizers.passes import Pass
+from tandemlm.runtime import ConfigError
+
+#: built-in pass name -> the modules that may define it (imported only when the pass is named,
+#: so naming BootstrapDemos never loads the training stack)
+BUILTIN_PASSES: dict[str, tuple[str, ...]] = {
+    "BootstrapDemos": ("tandemlm.optimizers.bootstrap_demos",),
+    "Finetune": ("tandemlm.optimizers.finetune",),
+    "TrainScorer": ("tandemlm.optimizers.train_scorer",),
+    "TrainRanker": ("tandemlm.optimizers.train_scorer", "tandemlm.optimizers.train_ranker"),
+    "TrainVerifier": ("tandemlm.optimizers.train_verifier", "tandemlm.optimizers.train_scorer"),
+    "Calibrate": ("tandemlm.optimizers.calibrate",),
+}
+
+_SPEC = re.compile(r"^\s*(?P<name>[^()\s]+)\s*(?:\((?P<args>.*)\))?\s*$", re.S)
+
+
+def _module_exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+def known_passes() -> list[str]:
+    """Built-in pass names whose module is installed here."""
+    return [name for name, modules in BUILTIN_PASSES.items() if any(map(_module_exists, modules))]
+
+
+def _builtin(name: str) -> type:
+    for module in BUILTIN_PASSES[name]:
+        if _module_exists(module):
+            cls = getattr(importlib.import_module(module), name, None)
+            if cls is not None:
+                return cls
+    raise ConfigError(f"pass '{name}' is not available in this installation; available passes: "
+                      f"{', '.join(known_passes())}")
+
+
+def _pass_class(name: str) -> type[Pass]:
+    if ":" in name:
+        cls = load_object(name, "pass")
+    elif name in BUILTIN_PASSES:
+        cls = _builtin(name)
+    else:
+        raise ConfigError(f"unknown pass '{name}'; built-in passes: {', '.join(known_passes())}. "
+                          f"A pass of your own is named MODULE:Class or FILE.py:Class")
+    if not (isinstance(cls, type) and issubclass(cls, Pass)):
+        raise ConfigError(f"'{name}' is a {type(cls).__name__}, not a Pass class (a subclass of "
+                          f"tandemlm.optimizers.Pass)")
+    return cls
+
+
+def _keywords(spec: str, args: str) -> dict[str, Any]:
+    """`k=4, nodes=['a']` -> {"k": 4, "nodes": ["a"]}, literals only."""
+    try:
+        call = ast.parse(f"_({args})", mode="eval").body
+    except SyntaxError as exc:
+        raise ConfigError(f"pass spec '{spec}' is not valid: {exc.msg}; write it like "
+                          f"BootstrapDemos(k=4, nodes=['solve'])") from None
+    if not isinstance(call, ast.Call) or call.args or any(kw.arg is None for kw in call.keywords):
+        raise ConfigError(f"pass spec '{spec}': give options as keyword arguments, like "
+                          f"BootstrapDemos(k=4)")
+    options = {}
+    for kw in call.keywords:
+        try:
+            options[kw.arg] = ast.literal_eval(kw.value)
+        except (ValueError, SyntaxError, TypeError):
+            raise ConfigError(f"pass spec '{spec}': option {kw.arg}={ast.unparse(kw.value)} is not "
+                              f"a literal; options take numbers, strings, lists, dicts, True, "
+                              f"False or None") from None
+    return options
+
+
+def parse_pass(spec: str) -> Pass:
+    """The pass a spec names, built with its options; see the module docstring."""
+    match = _SPEC.match(spec)
+    if match is None:
+        raise ConfigError(f"pass spec '{spec}' is not valid; write Name or Name(option=value, ...)")
+    cls = _pass_class(match["name"])
+    options = _keywords(spec, match["args"]) if match["args"] is not None else {}
+    fields = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+    unknown = [k for k in options if fields and k not in fields]
+    if unknown:
+        raise ConfigError(f"pass {cls.__name__} has no option {', '.join(unknown)}; its options: "
+                          f"{', '.join(fields)}")
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise ConfigError(f"pass spec '{spec}': {exc}") from None
+
+
+def parse_passes(specs: list[str]) -> list[Pass]:
+    """Every spec, in order."""
+    return [parse_pass(spec) for spec in specs]
+
+
+def program_source(spec: str) -> str:
+    """`spec` as recorded in an artifact: a FILE.py path made absolute, so `load(out_dir)`
+    finds the program from any working directory."""
+    target, sep, attr = spec.rpartition(":")
+    if sep and target.endswith(".py"):
+        return f"{Path(target).resolve()}:{attr}"
+    return spec
+
+
+def load_any_program(spec: str) -> Pipeline:
+    """A compiled artifact directory (holding program.json), or PROGRAM.py:NAME / module:NAME."""
+    if Path(spec).is_dir():
+        if not (Path(spec) / "program.json").is_file():
+            raise ConfigError(f"'{spec}' is a directory without a program.json; name a compiled "
+                              f"artifact directory (written by `tandem compile --out`) or "
+                              f"PROGRAM.py:NAME")
+        return load(spec)
+    return load_program(spec)
