@@ -16,6 +16,7 @@ from typing import Any
 
 import dspy
 
+from tandemlm.compose.context import RunContext
 from tandemlm.compose.executor import run_stages
 from tandemlm.compose.graph import build_graph, stages, to_mermaid
 from tandemlm.compose.node import Node
@@ -76,6 +77,16 @@ class Pipeline(dspy.Module):
 
     def _resolve(self, ref: Model | str | None) -> Model | None:
         return self.models[ref] if isinstance(ref, str) else ref
+
+    def resolve(self, ref: Model | str | None) -> Model | None:
+        """The `Model` a node's model reference (a Model, a bound name or None) stands for."""
+        return self._resolve(ref)
+
+    def run_context(self, examples: Iterable[Mapping[str, Any]]) -> RunContext:
+        """The run context the executor would give these examples' nodes (model resolution and
+        the private-value guard), for running single nodes outside the executor (the compiler)."""
+        secrets = frozenset(str(e[f]) for e in examples for f in self.private if f in e and str(e[f]))
+        return RunContext(resolve=self._resolve, private_values=secrets)
 
     def model_of(self, node: Node | str) -> Model | None:
         """The model a node runs on, resolving names bound by this pipeline."""

@@ -72,6 +72,13 @@ def p_yes(result: ScoreResult) -> float:
     return e_yes / (e_yes + e_no)
 
 
+def classify_request(row: Mapping[str, Any]) -> ClassifyRequest:
+    """How a cross-encoder sees a row: the first field is the text, the others (joined by
+    newlines) the text pair. Training a scorer formats its pairs with this same function."""
+    first, *rest = list(row.values())
+    return ClassifyRequest(text=str(first), text_pair="\n".join(map(str, rest)) or None)
+
+
 def score_rows(ctx: RunContext, model: Model, rows: list[dict[str, Any]], *, node: str,
                instructions: str, yes: str = "Yes", no: str = "No") -> list[Scored]:
     """Score every row (field -> value, the first field being the text and the rest the
@@ -79,9 +86,7 @@ def score_rows(ctx: RunContext, model: Model, rows: list[dict[str, Any]], *, nod
     if not rows:
         return []
     if scoring_mode(model, node) == "classify":
-        requests = [ClassifyRequest(text=str(first), text_pair="\n".join(map(str, rest)) or None)
-                    for first, *rest in (list(row.values()) for row in rows)]
-        results = ctx.classify(model, requests)
+        results = ctx.classify(model, [classify_request(row) for row in rows])
         return [(r.positive if r.ok else None, r) for r in results]
     asks = [ScoreRequest(continuations=(yes, no),
                          messages=tuple(yes_no_messages(row, instructions, yes, no))) for row in rows]

@@ -2,11 +2,13 @@
 
 from tandemlm.optimizers.artifacts import load, save_program
 from tandemlm.optimizers.bootstrap_demos import BootstrapDemos
+from tandemlm.optimizers.calibrate import Calibrate
 from tandemlm.optimizers.compile import compile
 from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, select_nodes
 from tandemlm.optimizers.report import PassReport, Reporter, RichReporter
 from tandemlm.optimizers.trace_store import NodeCall, Traces, TraceStore
+from tandemlm.optimizers.train_scorer import TrainRanker, TrainScorer
 
-__all__ = ["BootstrapDemos", "CompileContext", "NodeCall", "Pass", "PassReport", "Reporter",
-           "RichReporter", "TraceStore", "Traces", "compile", "lm_nodes", "load", "save_program",
-           "select_nodes"]
+__all__ = ["BootstrapDemos", "Calibrate", "CompileContext", "NodeCall", "Pass", "PassReport",
+           "Reporter", "RichReporter", "TraceStore", "Traces", "TrainRanker", "TrainScorer",
+           "compile", "lm_nodes", "load", "save_program", "select_nodes"]

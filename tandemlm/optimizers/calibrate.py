@@ -1,0 +1,211 @@
+"""`Calibrate`: choose each cascade's stages, their order and thresholds on the cost–quality curve.
+
+Every stage answers every validation example once (through the call cache; see `stage_runs`),
+so any chain of stages and thresholds can be scored offline: an example stops at the first stage
+whose judge score reaches its threshold, pays every stage it went through (solver and judge), and
+is right when that stage's answer is. The search covers every ordered chain of up to `max_stages`
+stages (judged stages first) and, per stage, thresholds at quantiles of its judge's scores.
+
+Targets (FrugalGPT's two questions):
+
+* `match=0.99`: the cheapest point whose quality reaches 99% of the best single stage's;
+* `budget=0.002`: the best quality at a mean cost per example within the budget.
+
+Cost is USD where the stages report it (recorded/API models), else estimated FLOPs. The curve
+(Pareto frontier, single stages, chosen point) is saved as `curves/NN-<cascade>/curve.json` and
+`curve.png`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tandemlm.compose import Pipeline
+from tandemlm.optimizers.artifacts import atomic_write
+from tandemlm.optimizers.passes import CompileContext, Pass
+from tandemlm.optimizers.stage_runs import StageRun, cascade_inputs, cascades, run_every_stage
+from tandemlm.optimizers.trace_store import Traces
+from tandemlm.runtime import CompileError, ConfigError
+
+
+@dataclass
+class Point:
+    """One cascade configuration and how it does on the calibration set."""
+
+    chain: tuple[int, ...]
+    thresholds: tuple[float, ...]
+    quality: float
+    cost: float
+
+    def to_dict(self, names: list[str]) -> dict[str, Any]:
+        return {"stages": [names[s] for s in self.chain], "order": list(self.chain),
+                "thresholds": list(self.thresholds), "quality": self.quality, "cost": self.cost}
+
+
+class _Table:
+    """Per-stage arrays over the calibration examples."""
+
+    def __init__(self, runs: list[StageRun]) -> None:
+        usd = sum(sum(r.usd) + sum(r.judge_usd) for r in runs)
+        self.unit = "usd" if usd > 0 else "flops"
+        self.correct = [np.array(r.correct, dtype=float) for r in runs]
+        self.cost = [np.array(r.usd if usd > 0 else r.flops) for r in runs]
+        self.judge_cost = [np.array((r.judge_usd if usd > 0 else r.judge_flops) or [0.0] * len(r.usd))
+                           for r in runs]
+        self.scores = [np.array([np.nan if s is None else s for s in r.scores] or [np.nan] * len(r.usd))
+                       for r in runs]
+        self.judged = [bool(r.scores) for r in runs]
+
+    def thresholds(self, s: int, grid: int) -> np.ndarray:
+        seen = self.scores[s][~np.isnan(self.scores[s])]
+        if not len(seen):
+            return np.array([np.inf])
+        return np.unique(np.quantile(seen, np.linspace(0, 1, grid)))
+
+
+def _chain_points(t: _Table, chain: tuple[int, ...], grid: int) -> list[Point]:
+    """Every threshold combination of one chain, evaluated on all examples at once."""
+    *judged, last = chain
+    grids = [t.thresholds(s, grid) for s in judged]
+    n = len(t.correct[last])
+    points = []
+    for combo in itertools.product(*grids) if judged else [()]:
+        open_ = np.ones(n, dtype=bool)
+        right = np.zeros(n)
+        cost = np.zeros(n)
+        for s, threshold in zip(judged, combo, strict=True):
+            cost += open_ * (t.cost[s] + t.judge_cost[s])
+            stop = open_ & (np.nan_to_num(t.scores[s], nan=-np.inf) >= threshold)
+            right += stop * t.correct[s]
+            open_ &= ~stop
+        cost += open_ * t.cost[last]
+        right += open_ * t.correct[last]
+        points.append(Point(chain, tuple(float(x) for x in combo), float(right.mean()), float(cost.mean())))
+    return points
+
+
+def frontier(points: list[Point]) -> list[Point]:
+    """The Pareto frontier: no other point is at least as good and strictly cheaper."""
+    best, out = -1.0, []
+    for p in sorted(points, key=lambda p: (p.cost, -p.quality)):
+        if p.quality > best:
+            out.append(p)
+            best = p.quality
+    return out
+
+
+@dataclass
+class Calibrate(Pass):
+    """Pick each cascade's stages, order and thresholds for a target; see the module docstring.
+
+    Args:
+        match: quality target as a fraction of the best single stage's quality.
+        budget: mean cost per example (USD, or FLOPs when no stage reports USD).
+        max_stages: longest chain searched.
+        grid: thresholds tried per judged stage (quantiles of its scores).
+        nodes: cascades to calibrate (paths or names); default: all.
+    """
+
+    match: float | None = None
+    budget: float | None = None
+    max_stages: int = 3
+    grid: int = 25
+    nodes: list[str] | None = None
+
+    name = "calibrate"
+
+    def __post_init__(self) -> None:
+        if (self.match is None) == (self.budget is None):
+            raise ConfigError("Calibrate needs exactly one target: match=0.99 (quality relative to "
+                              "the best single stage, at least cost) or budget=COST (best quality "
+                              "within a mean cost per example)")
+        if self.match is not None and not 0 < self.match <= 1.5:
+            raise ConfigError(f"Calibrate(match={self.match}): use a fraction such as 0.99")
+        if self.max_stages < 1 or self.grid < 2:
+            raise ConfigError("Calibrate: max_stages must be >= 1 and grid >= 2")
+
+    def apply(self, pipeline: Pipeline, traces: Traces, ctx: CompileContext) -> Pipeline:
+        new = ctx.copy(pipeline)
+        found = cascades(new)
+        picked = {p: c for p, c in found.items() if self.nodes is None or p in self.nodes
+                  or c.name in self.nodes}
+        if not picked:
+            raise CompileError(f"calibrate: pipeline '{new.name}' has no cascade"
+                               + (f" named {', '.join(self.nodes)}" if self.nodes else ""))
+        split = ctx.traces(new, "val") if ctx.valset else traces
+        for path, cascade in picked.items():
+            runs = run_every_stage(new, path, cascade_inputs(split, path), ctx)
+            chosen, report = self._search(runs, [s.name for s in cascade.solvers])
+            thresholds = list(cascade.thresholds)
+            for s, value in zip(chosen.chain, chosen.thresholds, strict=False):
+                thresholds[s] = value
+            cascade.set_state({"order": list(chosen.chain), "thresholds": thresholds})
+            _save_curve(ctx.artifact_dir("curves", re.sub(r"[^\w.-]+", "_", path)), report, path)
+            ctx.details[path] = {k: v for k, v in report.items() if k != "frontier"}
+            ctx.reporter.note(f"calibrate {path}: {' -> '.join(report['chosen']['stages'])}, "
+                              f"quality {chosen.quality:.3f}, cost {chosen.cost:.3g} {report['unit']}")
+        return new
+
+    def _search(self, runs: list[StageRun], names: list[str]) -> tuple[Point, dict[str, Any]]:
+        table = _Table(runs)
+        stages = range(len(runs))
+        points: list[Point] = []
+        for length in range(1, min(self.max_stages, len(runs)) + 1):
+            for chain in itertools.permutations(stages, length):
+                if all(table.judged[s] for s in chain[:-1]):
+                    points += _chain_points(table, chain, self.grid)
+        singles = [p for p in points if len(p.chain) == 1]
+        best_single = max(singles, key=lambda p: (p.quality, -p.cost))
+        if self.match is not None:
+            target = self.match * best_single.quality
+            feasible = [p for p in points if p.quality >= target - 1e-12]
+            chosen = min(feasible, key=lambda p: (p.cost, -p.quality))
+        else:
+            target = self.budget
+            feasible = [p for p in points if p.cost <= self.budget]
+            chosen = (max(feasible, key=lambda p: (p.quality, -p.cost)) if feasible
+                      else min(points, key=lambda p: p.cost))
+        report = {"unit": table.unit, "n": len(table.correct[0]), "target": target,
+                  "match": self.match, "budget": self.budget,
+                  "best_single": best_single.to_dict(names),
+                  "singles": [p.to_dict(names) for p in singles],
+                  "chosen": chosen.to_dict(names),
+                  "cost_vs_best_single": chosen.cost / best_single.cost if best_single.cost else None,
+                  "frontier": [p.to_dict(names) for p in frontier(points)]}
+        return chosen, report
+
+
+def _save_curve(out: Path, report: dict[str, Any], title: str) -> None:
+    atomic_write(out / "curve.json", json.dumps(report, indent=1) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    front = report["frontier"]
+    ax.plot([p["cost"] for p in front], [p["quality"] for p in front], "-o", ms=3,
+            label="cascades (Pareto frontier)")
+    for p in report["singles"]:
+        ax.scatter(p["cost"], p["quality"], color="grey", s=14)
+        ax.annotate(p["stages"][0], (p["cost"], p["quality"]), fontsize=7)
+    chosen = report["chosen"]
+    ax.scatter(chosen["cost"], chosen["quality"], marker="*", s=160, color="red", label="chosen")
+    ax.set_xscale("symlog", linthresh=max(1e-12, min((p["cost"] for p in front if p["cost"] > 0),
+                                                      default=1.0)))
+    ax.set_xlabel(f"mean cost per example ({report['unit']})")
+    ax.set_ylabel("quality (metric)")
+    ax.set_title(f"cost–quality curve: {title}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = out / ".curve.png.tmp"
+    fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    tmp.replace(out / "curve.png")

@@ -1,0 +1,105 @@
+"""Every cascade stage on every example: what `TrainScorer` labels and `Calibrate` searches over.
+
+A cascade only runs a stage on the examples earlier stages escalated, so its own traces cannot
+say how a stage would have done elsewhere. Here each stage's solver answers *every* example (and
+its judge scores every answer), through the compile's call cache, and the metric judges each
+stage's answer as if it were the pipeline's output.
+
+The cascade's inputs are taken from the pipeline's own traces, so nodes upstream of the cascade
+feed it exactly as at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+
+from tandemlm.compose import NodeTrace, Pipeline
+from tandemlm.compose.state import node_paths
+from tandemlm.modules.cascade import Cascade
+from tandemlm.optimizers.passes import CompileContext
+from tandemlm.optimizers.trace_store import Traces
+from tandemlm.runtime import use_cache
+
+
+def _cost(traces: list[NodeTrace | None]) -> tuple[float, float]:
+    usd = flops = 0.0
+    for root in traces:
+        for t in root.walk() if root is not None else ():
+            usd += t.cost_usd or 0.0
+            flops += t.flops or 0.0
+    return usd, flops
+
+
+@dataclass
+class StageRun:
+    """One stage over all examples: its answers, whether the metric accepts each, what each
+    answer cost (solver calls; the judge's separately), and the judge's scores."""
+
+    index: int
+    name: str
+    answers: list[NodeTrace]
+    correct: list[bool]
+    usd: list[float]
+    flops: list[float]
+    scores: list[float | None] = field(default_factory=list)
+    judge_traces: list[NodeTrace | None] = field(default_factory=list)
+    judge_usd: list[float] = field(default_factory=list)
+    judge_flops: list[float] = field(default_factory=list)
+
+
+def cascades(pipeline: Pipeline) -> dict[str, Cascade]:
+    return {p: n for p, n in node_paths(pipeline).items() if isinstance(n, Cascade)}
+
+
+def cascade_inputs(traces: Traces, path: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(example, the cascade's inputs) for every example whose run reached the cascade."""
+    return [(call.example, dict(call.trace.inputs)) for call in traces.calls(path, ok=False)]
+
+
+def _correct(metric: Any, example: dict[str, Any], answer: NodeTrace) -> bool:
+    if not answer.ok:
+        return False
+    try:
+        return bool(metric(dspy.Example(**example), dspy.Prediction(**answer.outputs)))
+    except Exception:  # a metric failing on one answer counts it wrong, as evaluate() does
+        return False
+
+
+def run_every_stage(pipeline: Pipeline, path: str, rows: list[tuple[dict[str, Any], dict[str, Any]]],
+                    ctx: CompileContext, *, judge: bool = True) -> list[StageRun]:
+    """Run each stage of the cascade at `path` on every row (one batch per stage)."""
+    cascade = cascades(pipeline)[path]
+    examples = [example for example, _ in rows]
+    inputs = [values for _, values in rows]
+    run = pipeline.run_context(inputs)
+    out = []
+    with use_cache(ctx.store.cache), ctx.reporter.progress(f"{path}: every stage on "
+                                                           f"{len(rows)} examples",
+                                                           len(cascade.solvers)) as advance:
+        for s, (solver, stage_judge) in enumerate(zip(cascade.solvers, cascade.judges, strict=True)):
+            answers = run.run(solver, [{f: x[f] for f in solver.input_fields} for x in inputs])
+            costs = [_cost([a]) for a in answers]
+            stage = StageRun(s, solver.name, answers,
+                             [_correct(ctx.metric, e, a) for e, a in zip(examples, answers, strict=True)],
+                             [c[0] for c in costs], [c[1] for c in costs])
+            if judge and stage_judge is not None:
+                _judge_stage(stage, stage_judge, solver, run, inputs)
+            out.append(stage)
+            advance(1)
+    return out
+
+
+def _judge_stage(stage: StageRun, judge: Any, solver: Any, run: Any, inputs: list[dict]) -> None:
+    answered = [i for i, a in enumerate(stage.answers) if a.ok]
+    stage.scores = [None] * len(inputs)
+    stage.judge_traces = [None] * len(inputs)
+    if answered:
+        scores, traces = judge.score(run, solver, [inputs[i] for i in answered],
+                                     [stage.answers[i] for i in answered])
+        for i, score, trace in zip(answered, scores, traces, strict=True):
+            stage.scores[i], stage.judge_traces[i] = score, trace
+    costs = [_cost([t]) for t in stage.judge_traces]
+    stage.judge_usd, stage.judge_flops = [c[0] for c in costs], [c[1] for c in costs]

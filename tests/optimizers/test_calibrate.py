@@ -1,0 +1,142 @@
+"""Calibrate: the chosen chain and thresholds are the optimum for the target, the curve's figures
+equal what the calibrated cascade really does when run, and the curve is saved.
+
+Solvers are `recorded` models replaying a file written here (real backend, synthetic rows); the
+judge is a scripted node (a labelled test double) whose score per question is fixed."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from tandemlm import LMNode, Model, Pipeline, Solve, evaluate
+from tandemlm.modules.cascade import Cascade, Stage
+from tandemlm.optimizers import Calibrate, compile, load
+from tandemlm.runtime import CompileError, ConfigError
+from tandemlm.testing import chat_reply, request_field
+
+N = 40
+# cheap is right on even questions; its judge says so with 0.9 (right) vs 0.2 (wrong), except on
+# every 10th question, where the judge is fooled (0.9 on a wrong answer).
+CHEAP_RIGHT = {i: i % 2 == 0 for i in range(N)}
+JUDGE = {i: 0.9 if CHEAP_RIGHT[i] or i % 10 == 5 else 0.2 for i in range(N)}
+MID_RIGHT = {i: i % 4 != 1 for i in range(N)}  # wrong on 10 of 40
+
+
+def _rows():
+    rows = []
+    for i in range(N):
+        models = {"cheap": ("yes" if CHEAP_RIGHT[i] else "no", 0.001),
+                  "mid": ("yes" if MID_RIGHT[i] else "no", 0.004),
+                  "strong": ("yes", 0.02)}
+        rows.append({"id": f"q{i}", "prompt": f"P{i}", "question": f"q{i}", "gold": "yes",
+                     "models": {m: {"output": out, "correct": out == "yes", "cost_usd": usd}
+                                for m, (out, usd) in models.items()}})
+    return rows
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    return str(path)
+
+
+def _judge(name):
+    # Test double: scores by question, as a trained scorer would.
+    model = Model("scripted", f"judge-{uuid.uuid4().hex}",
+                  reply=lambda r: chat_reply(score=JUDGE[int(request_field(r, "question")[1:])]))
+    return LMNode("question, answer -> score: float", model=model, name=name)
+
+
+def _build(data, order=("strong", "mid", "cheap")):
+    def solver(name):
+        return Solve("prompt, question -> answer", model=Model("recorded", name, data=data), name=name,
+                     prompt_field="prompt", key_field="id")
+    stages = [Stage(solver(name), judge=None if name == "strong" else _judge(f"judge_{name}"),
+                    threshold=0.5) for name in order]
+    stages.sort(key=lambda s: s.judge is None)  # the unjudged stage must come last here
+    return Pipeline([Cascade(stages)], name="calib")
+
+
+def metric(example, prediction, trace=None):
+    return prediction.answer == example.gold
+
+
+def _examples():
+    return [{k: r[k] for k in ("id", "prompt", "question", "gold")} for r in _rows()]
+
+
+def test_match_picks_the_cheapest_chain_at_parity_and_the_curve_is_what_really_happens(data, tmp_path):
+    out = tmp_path / "out"
+    compiled = compile(_build(data), _examples(), metric, passes=[Calibrate(match=1.0)],
+                       out_dir=out, progress=False)
+    cascade = compiled.nodes["cascade"]
+    names = [s.name for s in cascade.solvers]
+    # Only "strong" is always right, and every threshold that lets a judged stage answer also
+    # lets some of its wrong answers through (the fooled 0.9s): at parity, strong alone is optimal.
+    details = compiled.compile_report[0].details["cascade"]
+    assert details["best_single"]["stages"] == ["strong"]
+    assert details["chosen"]["quality"] == 1.0
+    # The run of the calibrated pipeline equals the curve's point, quality and cost.
+    result = evaluate(compiled, _examples(), metric, progress=False)
+    assert result.score == pytest.approx(details["chosen"]["quality"])
+    assert result.summary["total_cost_usd"] / N == pytest.approx(details["chosen"]["cost"])
+    assert [names[i] for i in cascade.order] == details["chosen"]["stages"]
+    curve = out / "curves" / "01-cascade"
+    assert json.loads((curve / "curve.json").read_text())["chosen"] == details["chosen"]
+    assert (curve / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_lower_match_target_buys_a_cheaper_chain_in_cheap_first_order(data):
+    compiled = compile(_build(data), _examples(), metric, passes=[Calibrate(match=0.9)],
+                       progress=False)
+    cascade = compiled.nodes["cascade"]
+    details = compiled.compile_report[0].details["cascade"]
+    # cheap (threshold in (0.2, 0.9]) then strong: wrong only on the 4 fooled -> 0.9, paying
+    # cheap everywhere and strong on the 16 escalated (the scripted judge has no price). Every
+    # other chain reaching 0.9 costs more (mid -> strong: 0.012).
+    assert details["chosen"]["stages"] == ["cheap", "strong"]
+    assert 0.2 < details["chosen"]["thresholds"][0] <= 0.9
+    assert details["chosen"]["quality"] == pytest.approx(0.9)
+    escalated = sum(JUDGE[i] < 0.5 for i in range(N)) / N
+    assert details["chosen"]["cost"] == pytest.approx(0.001 + escalated * 0.02)
+    result = evaluate(compiled, _examples(), metric, progress=False)
+    assert result.score == pytest.approx(0.9)
+    assert result.summary["total_cost_usd"] / N == pytest.approx(details["chosen"]["cost"])
+    assert [cascade.solvers[i].name for i in cascade.order] == ["cheap", "strong"]
+
+
+def test_budget_gives_the_best_quality_within_the_cost(data):
+    compiled = compile(_build(data), _examples(), metric, passes=[Calibrate(budget=0.005)],
+                       progress=False)
+    chosen = compiled.compile_report[0].details["cascade"]["chosen"]
+    # Within 0.005: cheap alone 0.5, cheap -> mid 0.7 (0.0026), mid -> cheap 0.55, mid alone 0.75.
+    assert chosen["stages"] == ["mid"]
+    assert chosen["quality"] == pytest.approx(0.75)
+    assert chosen["cost"] == pytest.approx(0.004)
+
+
+def test_calibrated_state_survives_save_and_load(data, tmp_path):
+    out = tmp_path / "out"
+    compiled = compile(_build(data), _examples(), metric, passes=[Calibrate(match=0.9)],
+                       out_dir=out, progress=False)
+    loaded = load(out, program=lambda: _build(data))
+    assert loaded.nodes["cascade"].order == compiled.nodes["cascade"].order
+    assert loaded.nodes["cascade"].thresholds == compiled.nodes["cascade"].thresholds
+    a = evaluate(compiled, _examples(), metric, progress=False)
+    b = evaluate(loaded, _examples(), metric, progress=False)
+    assert [r.result.outputs for r in a.records] == [r.result.outputs for r in b.records]
+
+
+def test_bad_targets_and_pipelines_without_a_cascade_are_refused(data):
+    with pytest.raises(ConfigError, match="exactly one target"):
+        Calibrate()
+    with pytest.raises(ConfigError, match="exactly one target"):
+        Calibrate(match=0.9, budget=1.0)
+    plain = Pipeline([Solve("prompt, question -> answer", model=Model("recorded", "strong", data=data),
+                            prompt_field="prompt", key_field="id")])
+    with pytest.raises(CompileError, match="no cascade"):
+        compile(plain, _examples(), metric, passes=[Calibrate(match=1.0)], progress=False)
