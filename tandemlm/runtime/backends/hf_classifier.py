@@ -28,6 +28,7 @@ import torch
 from tandemlm.runtime.backends.hf_common import (DTYPES, TransformersBackend, placement,
                                                  weights_identity)
 from tandemlm.runtime.errors import ConfigError
+from tandemlm.runtime.train import fit
 from tandemlm.runtime.types import ClassifyRequest, ClassifyResult, GenRequest, GenResult
 
 _OPTIONS = ("device", "dtype", "batch_size", "num_labels", "max_length", "trust_remote_code")
@@ -346,7 +347,8 @@ def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def _fit(model: Any, batches: list[tuple[Any, Any]], *, epochs: int, lr: float,
          train_encoder: bool, seed: int) -> None:
-    """AdamW over the trainable weights, batches in a seeded order each epoch."""
+    """Train with `fit()`; a frozen encoder runs once per batch up front and is then stood in
+    for by `_CachedEncoder`, so each step runs only the head."""
     prefix = model.base_model_prefix
     encoder = getattr(model, prefix)
     stub = None
@@ -354,23 +356,16 @@ def _fit(model: Any, batches: list[tuple[Any, Any]], *, epochs: int, lr: float,
         encoder.requires_grad_(False)
         stub = _CachedEncoder(_encoder_outputs(model, encoder, batches))
         setattr(model, prefix, stub)
-    device = next(model.parameters()).device
+
+    def loss_fn(model: Any, item: tuple[int, Any, Any]) -> torch.Tensor:
+        index, inputs, target = item
+        if stub is not None:
+            stub.current = index  # the cached encoder output of this very batch
+        return _loss(model(**inputs).logits.float(), target)
+
     try:
-        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-            torch.manual_seed(seed)  # dropout masks
-            order = torch.Generator().manual_seed(seed)
-            params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(params, lr=lr)
-            model.train()
-            for _ in range(epochs):
-                for b in torch.randperm(len(batches), generator=order).tolist():
-                    if stub is not None:
-                        stub.current = b
-                    inputs, target = batches[b]
-                    _loss(model(**inputs).logits.float(), target).backward()
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+        fit(model, [(i, inputs, target) for i, (inputs, target) in enumerate(batches)],
+            loss_fn=loss_fn, epochs=epochs, lr=lr, seed=seed)
     finally:
         setattr(model, prefix, encoder)
         encoder.requires_grad_(True)
-        model.eval()
