@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tandemlm.runtime.errors import ConfigError
+
 
 def _check_prompt(request: GenRequest | ScoreRequest) -> None:
     """Exactly one of messages / prompt; messages are stored as a tuple (requests are frozen)."""
@@ -143,3 +145,37 @@ def request_texts(request: GenRequest | ScoreRequest | ClassifyRequest) -> list[
     if isinstance(request, ScoreRequest):
         texts += list(request.continuations)
     return texts
+
+
+@dataclass(frozen=True)
+class LoraOptions:
+    """The shape of a LoRA adapter: rank `r`, scale `alpha` (updates are scaled by alpha / r),
+    `dropout` on the adapter's input, and the modules it wraps ("all-linear": every linear
+    layer but the output head, which suits small models; or a list of module names)."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: str | tuple[str, ...] = "all-linear"
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any] | None) -> LoraOptions:
+        """Options from user input; an unknown key or a bad value is a `ConfigError`."""
+        options = dict(options or {})
+        known = ("r", "alpha", "dropout", "target_modules")
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown LoRA option(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        modules = options.get("target_modules", cls.target_modules)
+        if isinstance(modules, (list, tuple)):
+            modules = tuple(str(m) for m in modules)
+            options["target_modules"] = "all-linear" if modules == ("all-linear",) else modules
+        spec = cls(**options)
+        if not isinstance(spec.r, int) or isinstance(spec.r, bool) or spec.r < 1:
+            raise ConfigError(f"LoRA rank r must be an integer >= 1, got {spec.r!r}")
+        if not float(spec.alpha) > 0 or not 0.0 <= float(spec.dropout) < 1.0:
+            raise ConfigError(f"LoRA alpha must be > 0 and dropout in [0, 1), got alpha="
+                              f"{spec.alpha!r}, dropout={spec.dropout!r}")
+        if not spec.target_modules:
+            raise ConfigError("LoRA target_modules is empty; use 'all-linear' or module names")
+        return spec

@@ -20,6 +20,7 @@ import inspect
 import random
 import threading
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ class HFBackend(TransformersBackend):
 
     name = "hf"
     supports_logprobs = True
+    supports_train = True  # LoRA adapters, see train_lora
 
     def __init__(self, model_id: str, *, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 32, adapter: str | None = None,
@@ -145,7 +147,9 @@ class HFBackend(TransformersBackend):
             except ImportError as exc:
                 raise ConfigError("loading a LoRA adapter needs peft: pip install peft") from exc
             try:
-                model = PeftModel.from_pretrained(model, self.adapter)
+                with warnings.catch_warnings():  # peft reads a deprecated transformers property
+                    warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+                    model = PeftModel.from_pretrained(model, self.adapter)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"could not load adapter '{self.adapter}' onto model "
                                   f"'{self.model_id}': {exc}") from exc
@@ -370,6 +374,16 @@ class HFBackend(TransformersBackend):
             out.append((picked.tolist(), latency))
         return out
 
+    # ---- training ------------------------------------------------------------------------------
+
+    def train_lora(self, examples: list[tuple[GenRequest, str]], out_dir: str | Path,
+                   **options: Any) -> Any:
+        """Train a LoRA adapter on (request, completion) pairs into `out_dir`; the served model
+        is untouched. See `hf_lora.train_lora` for the options; returns its `FitResult`."""
+        from tandemlm.runtime.backends.hf_lora import train_lora
+
+        return train_lora(self, examples, out_dir, **options)
+
     # ---- identity and lifecycle ----------------------------------------------------------------
 
     def identity(self) -> str:
@@ -379,7 +393,6 @@ class HFBackend(TransformersBackend):
             self._source()  # a missing local path raises ConfigError
             return self.model_id
         return weights_identity(path)
-
 
 
 def _row_seed(seed: int | None, sample: int) -> int:
