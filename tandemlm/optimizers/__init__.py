@@ -4,11 +4,12 @@ from tandemlm.optimizers.artifacts import load, save_program
 from tandemlm.optimizers.bootstrap_demos import BootstrapDemos
 from tandemlm.optimizers.calibrate import Calibrate
 from tandemlm.optimizers.compile import compile
+from tandemlm.optimizers.finetune import Finetune
 from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, select_nodes
 from tandemlm.optimizers.report import PassReport, Reporter, RichReporter
 from tandemlm.optimizers.trace_store import NodeCall, Traces, TraceStore
 from tandemlm.optimizers.train_scorer import TrainRanker, TrainScorer
 
-__all__ = ["BootstrapDemos", "Calibrate", "CompileContext", "NodeCall", "Pass", "PassReport",
+__all__ = ["BootstrapDemos", "Calibrate", "CompileContext", "Finetune", "NodeCall", "Pass", "PassReport",
            "Reporter", "RichReporter", "TraceStore", "Traces", "TrainRanker", "TrainScorer",
            "compile", "lm_nodes", "load", "save_program", "select_nodes"]
