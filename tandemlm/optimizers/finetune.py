@@ -122,7 +122,12 @@ class Finetune(Pass):
     name = "finetune"
 
     def __post_init__(self) -> None:
+        if isinstance(self.nodes, str):
+            self.nodes = [self.nodes]
         LoraOptions.from_dict(self.lora)  # a typo in a LoRA option fails here, not mid-compile
+        if not self.lr > 0 or self.temperature < 0:
+            raise ConfigError(f"Finetune(lr={self.lr!r}, temperature={self.temperature!r}): expected "
+                              f"lr > 0 and temperature >= 0")
         if self.select not in SELECTIONS:
             raise ConfigError(f"Finetune(select={self.select!r}): expected one of "
                               f"{', '.join(SELECTIONS)}")
@@ -160,6 +165,9 @@ class Finetune(Pass):
             return None
         by_name, by_node = {}, {}
         for seat, model in self.teacher.items():
+            if not isinstance(model, (Model, str)):
+                raise ConfigError(f"Finetune(teacher={{'{seat}': ...}}): expected a Model or a model "
+                                  f"name the pipeline binds, got {type(model).__name__}")
             if isinstance(model, str):
                 if model not in pipeline.models:
                     raise ConfigError(f"Finetune(teacher={{'{seat}': '{model}'}}): the pipeline binds "

@@ -290,37 +290,40 @@ def test_unknown_or_untrainable_node_names_are_config_errors(base, tmp_path):
     ({"select": "miniplm"}, "needs teacher"),
     ({"epochs": 0}, "epochs=0"),
     ({"keep": 1.5}, "keep=1.5"),
+    ({"lr": 0.0}, "lr=0.0"),
 ])
 def test_options_are_checked_when_the_pass_is_built(options, message):
     with pytest.raises(ConfigError, match=message):
         Finetune(**options)
 
 
-def _kill_in_pass_two(out: Path) -> subprocess.CompletedProcess | None:
-    """Run the resume program in a subprocess, SIGKILL it once pass 2 has taken a training
-    step; returns the finished process when it never got there (a test failure)."""
-    flag = out.parent / "blocked"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parent)}
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(out), "--block-in-pass", "2"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not flag.exists():
-        if proc.poll() is not None:
-            return subprocess.CompletedProcess(proc.args, proc.returncode, *proc.communicate())
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+def _kill_in_pass_two(out: Path) -> str | None:
+    """Run the resume program in a subprocess and SIGKILL it once pass 2 has taken a training
+    step; returns the subprocess's stderr when it ended without getting there (a failure)."""
+    flag, log = out.parent / "blocked", out.parent / "stderr.txt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with log.open("w") as stderr:  # a file, not a pipe: a full pipe would block the child
+        proc = subprocess.Popen([sys.executable, str(SCRIPT), str(out), "--block-in-pass", "2"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        while not flag.exists():
+            if proc.poll() is not None:
+                return log.read_text()
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     return None
 
 
 def test_a_compile_killed_mid_finetune_resumes_to_the_clean_result(base, tmp_path):
     out = tmp_path / "killed" / "out"
+    out.parent.mkdir()
     unfinished = _kill_in_pass_two(out)
-    assert unfinished is None, f"the compile never reached pass 2: {unfinished.stderr[-2000:]}"
+    assert unfinished is None, f"the compile never reached pass 2: {unfinished[-2000:]}"
     assert (out / "passes" / "01-finetune.json").exists()
     assert not (out / "passes" / "02-finetune.json").exists()
     assert not (out / "program.json").exists() and (out / "adapters" / "02-word").is_dir()
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parent)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     again = subprocess.run([sys.executable, str(SCRIPT), str(out)], env=env, capture_output=True,
                            text=True, check=True)
     assert json.loads(again.stdout.strip().splitlines()[-1]) == [
