@@ -136,6 +136,7 @@ class TrainScorer(Pass):
             raise CompileError(f"{self.name}: the traces give {len(rows)} labelled pairs for "
                                f"{', '.join(members)}, {'all with one label' if rows else ''}; a "
                                f"scorer needs correct and incorrect examples to learn from")
+        rows = _unique(rows)
         examples = sorted({i for i, _, _ in rows})
         held = set(ctx.rng("holdout").sample(examples, int(len(examples) * self.holdout)))
         train = [r for r in rows if r[0] not in held]
@@ -156,6 +157,16 @@ class TrainScorer(Pass):
         ctx.reporter.note(f"{self.name}: held-out AUC {ctx.details[members[0]]['auc_before']} -> "
                           f"{ctx.details[members[0]]['auc_after']}")
         return trained
+
+
+def _unique(rows: list[Example]) -> list[Example]:
+    """One row per (example, pair): stages that gave the same answer to the same question make the
+    same pair with the same label, and training on it twice only costs time (for yes/no answers
+    most stages agree)."""
+    seen: dict[tuple, Example] = {}
+    for row in rows:
+        seen.setdefault((row[0], row[1].text, row[1].text_pair), row)
+    return list(seen.values())
 
 
 def _trainable_encoder(model: Model | None) -> bool:
