@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tandemlm.compose import LMNode, Pipeline
-from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, select_nodes
+from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, seat_teacher, select_nodes
 from tandemlm.optimizers.trace_store import Traces
 from tandemlm.runtime import CompileError, ConfigError, Model
 
@@ -99,18 +99,10 @@ class BootstrapDemos(Pass):
         """The traces to take demos from: the pipeline's own, or the teacher's."""
         if not self.teacher:
             return traces
-        bindings = {}
-        for seat, model in self.teacher.items():
-            if isinstance(model, str):
-                if model not in pipeline.models:
-                    raise ConfigError(f"BootstrapDemos(teacher={{'{seat}': '{model}'}}): the pipeline "
-                                      f"binds no model named '{model}' (it binds "
-                                      f"{', '.join(sorted(pipeline.models)) or 'none'})")
-                model = pipeline.models[model]
-            bindings[seat] = model
-        teacher = pipeline.with_models(**bindings)
+        teacher = seat_teacher(pipeline, self.teacher, "BootstrapDemos")
         ctx.reporter.note("bootstrap_demos: collecting traces with the teacher ("
-                          + ", ".join(f"{seat}={m.name}" for seat, m in bindings.items()) + ")")
+                          + ", ".join(f"{seat}={m if isinstance(m, str) else m.name}"
+                                      for seat, m in self.teacher.items()) + ")")
         found = ctx.traces(teacher, "train")
         ctx.details["teacher_score"] = found.score
         return found

@@ -33,7 +33,7 @@ from typing import Any
 from tandemlm.compose import LMNode, Pipeline
 from tandemlm.optimizers.finetune_data import (Row, consensus_votes, miniplm_scores, node_rows,
                                                top_fraction)
-from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, select_nodes
+from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, seat_teacher, select_nodes
 from tandemlm.optimizers.trace_store import Traces
 from tandemlm.runtime import CompileError, ConfigError, Model, use_cache
 from tandemlm.runtime.types import LoraOptions
@@ -158,34 +158,8 @@ class Finetune(Pass):
 
     # -- steps -----------------------------------------------------------------------------
     def _teacher_pipeline(self, pipeline: Pipeline) -> Pipeline | None:
-        """The pipeline with the teacher in its seats: a key naming a bound model rebinds that
-        name; a key naming an LM node seats the teacher in that node alone (needed for a node a
-        previous Finetune bound directly to its tuned model, which no name reaches)."""
-        if not self.teacher:
-            return None
-        by_name, by_node = {}, {}
-        for seat, model in self.teacher.items():
-            if not isinstance(model, (Model, str)):
-                raise ConfigError(f"Finetune(teacher={{'{seat}': ...}}): expected a Model or a model "
-                                  f"name the pipeline binds, got {type(model).__name__}")
-            if isinstance(model, str):
-                if model not in pipeline.models:
-                    raise ConfigError(f"Finetune(teacher={{'{seat}': '{model}'}}): the pipeline binds "
-                                      f"no model named '{model}' (it binds "
-                                      f"{', '.join(sorted(pipeline.models)) or 'none'})")
-                model = pipeline.models[model]
-            (by_name if seat in pipeline.models else by_node)[seat] = model
-        seated = pipeline.with_models(**by_name)
-        for seat, model in by_node.items():
-            try:
-                nodes = select_nodes(seated, [seat], LMNode, "LM node")
-            except ConfigError:
-                raise ConfigError(f"Finetune(teacher={{'{seat}': ...}}): '{seat}' is neither a model "
-                                  f"name the pipeline binds ({', '.join(sorted(pipeline.models)) or 'none'}) "
-                                  f"nor an LM node ({', '.join(lm_nodes(seated))})") from None
-            for node in nodes.values():
-                node.model = model
-        return seated
+        """The pipeline with the teacher in its seats (see `seat_teacher`)."""
+        return seat_teacher(pipeline, self.teacher, "Finetune") if self.teacher else None
 
     def _teacher_traces(self, teacher: Pipeline, ctx: CompileContext) -> Traces:
         ctx.reporter.note("finetune: running the trainset with the teacher ("

@@ -129,3 +129,38 @@ def select_nodes(pipeline: Pipeline, names: list[str] | None, kind: type[Node] =
                               f"{what}s: {', '.join(found) or 'none'}")
         picked.update(hits)
     return picked
+
+
+def seat_teacher(pipeline: Pipeline, teacher: dict[str, Any], owner: str) -> Pipeline:
+    """A copy of `pipeline` with teacher models in some seats, for collecting traces.
+
+    A key naming a model the pipeline binds rebinds that name; a key naming an LM node seats the
+    teacher in that node alone (a node an earlier Finetune bound directly to its tuned model is
+    reached by no name). A value is a `Model` or the name of a model the pipeline binds.
+    `owner` ("Finetune", "BootstrapDemos") names the pass in error messages.
+    """
+    from tandemlm.runtime import ConfigError, Model
+
+    bound = ", ".join(sorted(pipeline.models)) or "none"
+    by_name, by_node = {}, {}
+    for seat, model in teacher.items():
+        if not isinstance(model, (Model, str)):
+            raise ConfigError(f"{owner}(teacher={{'{seat}': ...}}): expected a Model or a model "
+                              f"name the pipeline binds, got {type(model).__name__}")
+        if isinstance(model, str):
+            if model not in pipeline.models:
+                raise ConfigError(f"{owner}(teacher={{'{seat}': '{model}'}}): the pipeline binds no "
+                                  f"model named '{model}' (it binds {bound})")
+            model = pipeline.models[model]
+        (by_name if seat in pipeline.models else by_node)[seat] = model
+    seated = pipeline.with_models(**by_name)
+    for seat, model in by_node.items():
+        try:
+            nodes = select_nodes(seated, [seat], LMNode, "LM node")
+        except ConfigError:
+            raise ConfigError(f"{owner}(teacher={{'{seat}': ...}}): '{seat}' is neither a model name "
+                              f"the pipeline binds ({bound}) nor an LM node "
+                              f"({', '.join(lm_nodes(seated))})") from None
+        for node in nodes.values():
+            node.model = model
+    return seated
