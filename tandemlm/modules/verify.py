@@ -111,7 +111,7 @@ class Verify(LMNode):
     def output_fields(self) -> Fields:
         return {"verdict": Literal[self.options], "verdict_probs": dict[str, float], "score": float}
 
-    def _views(self) -> list[LMNode]:
+    def views(self) -> list[LMNode]:
         """One node per instruction variant, sharing this node's demos, adapter and options."""
         if self.variants is None:
             return [self]
@@ -148,7 +148,7 @@ class Verify(LMNode):
         traces = [NodeTrace(node=self.name, inputs=values, model=model.name) for values in inputs]
         logprobs = self.uses_logprobs(model)
         pending = []  # (example, variant, request) for every example whose prompts format
-        for v, view in enumerate(self._views()):
+        for v, view in enumerate(self.views()):
             for i, request in enumerate(view.requests(inputs)):
                 if isinstance(request, Exception):
                     traces[i].error = (f"could not format the prompt: {type(request).__name__}: "

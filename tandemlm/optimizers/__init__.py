@@ -9,7 +9,9 @@ from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, select_no
 from tandemlm.optimizers.report import PassReport, Reporter, RichReporter
 from tandemlm.optimizers.trace_store import NodeCall, Traces, TraceStore
 from tandemlm.optimizers.train_scorer import TrainRanker, TrainScorer
+from tandemlm.optimizers.train_verifier import TrainVerifier
 
-__all__ = ["BootstrapDemos", "Calibrate", "CompileContext", "Finetune", "NodeCall", "Pass", "PassReport",
-           "Reporter", "RichReporter", "TraceStore", "Traces", "TrainRanker", "TrainScorer",
-           "compile", "lm_nodes", "load", "save_program", "select_nodes"]
+__all__ = ["BootstrapDemos", "Calibrate", "CompileContext", "Finetune", "NodeCall", "Pass",
+           "PassReport", "Reporter", "RichReporter", "TraceStore", "Traces", "TrainRanker",
+           "TrainScorer", "TrainVerifier", "compile", "lm_nodes", "load", "save_program",
+           "select_nodes"]

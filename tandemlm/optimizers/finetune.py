@@ -150,7 +150,7 @@ class Finetune(Pass):
         new = ctx.copy(pipeline)
         seats = lm_nodes(new)
         for path, (node, model) in targets.items():
-            rows = self._rows(path, node, source)
+            rows = self._rows(path, node, source, ctx)
             rows = self._select(path, node, model, rows, teacher, ctx)
             tuned = self._train(path, node, model, rows, ctx)
             seats[path].set_state({"model": tuned})
@@ -169,7 +169,7 @@ class Finetune(Pass):
         ctx.details["teacher_score"] = found.score
         return found
 
-    def _rows(self, path: str, node: LMNode, source: Traces) -> list[Row]:
+    def _rows(self, path: str, node: LMNode, source: Traces, ctx: CompileContext) -> list[Row]:
         rows = node_rows(node, source.calls(path, passed=True))
         if not rows:
             passed = sum(source.passed(r) for r in source.records)

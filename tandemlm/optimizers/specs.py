@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
-import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -27,47 +26,30 @@ from tandemlm.optimizers.artifacts import load
 from tandemlm.optimizers.passes import Pass
 from tandemlm.runtime import ConfigError
 
-#: built-in pass name -> the modules that may define it (imported only when the pass is named,
-#: so naming BootstrapDemos never loads the training stack)
-BUILTIN_PASSES: dict[str, tuple[str, ...]] = {
-    "BootstrapDemos": ("tandemlm.optimizers.bootstrap_demos",),
-    "Finetune": ("tandemlm.optimizers.finetune",),
-    "TrainScorer": ("tandemlm.optimizers.train_scorer",),
-    "TrainRanker": ("tandemlm.optimizers.train_scorer", "tandemlm.optimizers.train_ranker"),
-    "TrainVerifier": ("tandemlm.optimizers.train_verifier", "tandemlm.optimizers.train_scorer"),
-    "Calibrate": ("tandemlm.optimizers.calibrate",),
+#: built-in pass name -> its module (imported only when the pass is named, so naming
+#: BootstrapDemos never loads the training stack)
+BUILTIN_PASSES: dict[str, str] = {
+    "BootstrapDemos": "tandemlm.optimizers.bootstrap_demos",
+    "Finetune": "tandemlm.optimizers.finetune",
+    "TrainScorer": "tandemlm.optimizers.train_scorer",
+    "TrainRanker": "tandemlm.optimizers.train_scorer",
+    "TrainVerifier": "tandemlm.optimizers.train_verifier",
+    "Calibrate": "tandemlm.optimizers.calibrate",
 }
 
 _SPEC = re.compile(r"^\s*(?P<name>[^()\s]+)\s*(?:\((?P<args>.*)\))?\s*$", re.S)
 
 
-def _module_exists(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ImportError:
-        return False
-
-
 def known_passes() -> list[str]:
-    """Built-in pass names whose module is installed here."""
-    return [name for name, modules in BUILTIN_PASSES.items() if any(map(_module_exists, modules))]
-
-
-def _builtin(name: str) -> type:
-    for module in BUILTIN_PASSES[name]:
-        if _module_exists(module):
-            cls = getattr(importlib.import_module(module), name, None)
-            if cls is not None:
-                return cls
-    raise ConfigError(f"pass '{name}' is not available in this installation; available passes: "
-                      f"{', '.join(known_passes())}")
+    """The built-in pass names."""
+    return list(BUILTIN_PASSES)
 
 
 def _pass_class(name: str) -> type[Pass]:
     if ":" in name:
         cls = load_object(name, "pass")
     elif name in BUILTIN_PASSES:
-        cls = _builtin(name)
+        cls = getattr(importlib.import_module(BUILTIN_PASSES[name]), name)
     else:
         raise ConfigError(f"unknown pass '{name}'; built-in passes: {', '.join(known_passes())}. "
                           f"A pass of your own is named MODULE:Class or FILE.py:Class")

@@ -1,0 +1,116 @@
+"""TrainVerifier: verdicts labelled from the metric (right and wrong answers both), KALMV's error
+types told apart with the gold answer and the evidence, and a tiny local verifier that learns to
+judge answers it could not judge before.
+
+The answerer is a scripted test double: right (a word of the asked category) on some questions,
+wrong on others. The verifier is the real 2-layer Llama of the Finetune tests."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tandemlm import Model, Pipeline, Solve
+from tandemlm.compose.adapters import CompactChatAdapter
+from tandemlm.modules.verify import Verify
+from tandemlm.optimizers import compile
+from tandemlm.optimizers.train_verifier import TrainVerifier
+from tandemlm.runtime import CompileError, ConfigError
+from tandemlm.testing import chat_reply, request_field
+
+from finetune_task import LORA, base_model_path, small_model
+
+GOOD = ["apple", "river", "stone", "cloud", "tiger", "bread"]
+BAD = ["light", "piano", "grass", "ocean", "money", "house"]
+
+
+def _data(n, seed):
+    rng = random.Random(seed)
+    return [{"question": f"Name a good word ({i}).",
+             "given": rng.choice(GOOD) if rng.random() < 0.5 else rng.choice(BAD)} for i in range(n)]
+
+
+def answerer_reply(request):
+    """TEST DOUBLE answerer: replies with the example's scripted answer (right or wrong)."""
+    return chat_reply(answer=ANSWERS[request_field(request, "question")])
+
+
+ANSWERS = {e["question"]: e["given"] for e in _data(96, seed=5)}
+TRAIN, HELD = _data(96, seed=5)[:64], _data(96, seed=5)[64:]
+
+
+def metric(example, prediction, trace=None):
+    return prediction.answer in GOOD
+
+
+def _build(base):
+    answerer = Model("scripted", "answerer", reply=answerer_reply)
+    # The verifier sees the answer alone: the questions differ only by a number it could memorise.
+    verify = Verify("small", inputs=("answer",), options=("wrong", "right"),
+                    instructions="Is the answer a good word?", adapter=CompactChatAdapter(),
+                    scoring="logprobs")
+    return Pipeline([Solve("question -> answer", model=answerer, name="answer"), verify],
+                    models={"small": small_model(base)}, name="verified")
+
+
+@pytest.fixture(scope="module")
+def base():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 64-wide model: one thread is as fast, and immune to contention
+    yield base_model_path()
+    torch.set_num_threads(threads)
+
+
+def _verdict_accuracy(pipeline, examples):
+    results = pipeline.batch(examples)
+    return sum((r.outputs["verdict"] == "right") == (r.outputs["answer"] in GOOD)
+               for r in results) / len(results)
+
+
+def test_the_verifier_learns_to_judge_held_out_answers(base, tmp_path):
+    pipeline = _build(base)
+    compiled = compile(pipeline, TRAIN, metric, out_dir=tmp_path, progress=False,
+                       passes=[TrainVerifier(lora=LORA, epochs=12, lr=3e-3, batch_size=8)])
+    details = compiled.compile_report[0].details
+    truth = sum(e["given"] in GOOD for e in TRAIN)
+    assert details["verdicts"]["verify"] == {"right": truth, "wrong": len(TRAIN) - truth}
+    before, after = _verdict_accuracy(pipeline, HELD), _verdict_accuracy(compiled, HELD)
+    assert before <= 0.7 and after >= 0.9, (before, after)
+    assert compiled.nodes["verify"].model.adapter.startswith(str(tmp_path / "adapters"))
+
+
+class _Call:
+    def __init__(self, example, inputs, passed=False):
+        self.example, self.passed = example, passed
+        self.trace = type("T", (), {"inputs": inputs})()
+
+
+class _Ctx:
+    @staticmethod
+    def metric(example, prediction, trace=None):
+        return prediction.answer == example.answer
+
+
+def test_kalmv_labels_tell_retrieval_from_generation_errors():
+    node = Verify(Model("scripted", "v", reply="x"))
+    train = TrainVerifier(gold="answer")
+    right = _Call({"answer": "Paris"}, {"question": "q", "evidence": "Paris is big", "answer": "Paris"})
+    missed = _Call({"answer": "Paris"}, {"question": "q", "evidence": "Paris is big", "answer": "Rome"})
+    absent = _Call({"answer": "Paris"}, {"question": "q", "evidence": "Lyon is big", "answer": "Rome"})
+    assert [train.label(node, c, _Ctx) for c in (right, missed, absent)] == \
+        ["correct", "generation_error", "retrieval_error"]
+    # without gold=, a wrong answer gets the first non-positive option
+    assert TrainVerifier().label(node, missed, _Ctx) == "retrieval_error"
+
+
+def test_misuse_is_refused_with_the_reason(base):
+    with pytest.raises(ConfigError, match="no teacher"):
+        TrainVerifier(teacher={"small": "small"})
+    plain = Pipeline([Solve("question -> answer", model=Model("scripted", "a", reply=answerer_reply))])
+    with pytest.raises(CompileError, match="no Verify node"):
+        compile(plain, TRAIN[:4], metric, passes=[TrainVerifier()], progress=False)
+    only_good = [e for e in TRAIN if e["given"] in GOOD][:6]
+    with pytest.raises(CompileError, match="right and wrong answers"):
+        compile(_build(base), only_good, metric, passes=[TrainVerifier()], progress=False)
