@@ -13,6 +13,7 @@ Tandem and raw are timed `--repeats` times, interleaved, and their medians count
 times slower, once. Prints examples/s and the ratios; the last line is one JSON object.
 
     python benchmarks/batched_vs_dspy.py [--examples 128] [--threads 8] [--batch-size 64] [--repeats 3]
+        [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -69,8 +70,11 @@ def build_model(workdir: Path) -> Path:
     return path
 
 
+DEVICE = "cpu"  # --device; float32 everywhere so the three ways compute the same thing
+
+
 def tandem_pipeline(path: Path) -> Pipeline:
-    model = Model("hf", str(path), device="cpu", dtype="float32", batch_size=64)
+    model = Model("hf", str(path), device=DEVICE, dtype="float32", batch_size=64)
     return Pipeline([LMNode(SIGNATURES["topic"], model="tiny", name="topic", max_tokens=MAX_NEW_TOKENS),
                      LMNode(SIGNATURES["answer"], model="tiny", name="answer",
                             max_tokens=MAX_NEW_TOKENS)],
@@ -87,7 +91,7 @@ class HFEngine:
         messages = [{"role": "system", "content": request.system}] if request.system else []
         messages += [{"role": m.role, "content": m.text} for m in request.messages]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(DEVICE)
         with torch.inference_mode():
             out = self.model.generate(**ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
                                       pad_token_id=self.tokenizer.pad_token_id)
@@ -126,7 +130,7 @@ def median(values: list[float]) -> float:
 
 
 def run_dspy(path: Path, examples: list[dict], threads: int) -> tuple[float, int]:
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(DEVICE).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     lm = dspy.LM("local/tiny", engine=HFEngine(model, tokenizer), cache=False, temperature=0.0,
                  max_tokens=MAX_NEW_TOKENS, num_retries=0)
@@ -142,7 +146,7 @@ def run_dspy(path: Path, examples: list[dict], threads: int) -> tuple[float, int
 def run_raw(path: Path, examples: list[dict], batch_size: int) -> float:
     """Raw batched generate over the prompts tandem formats for both stages (answer stage fed the
     topics the first stage produced), no parsing."""
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(DEVICE).eval()
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     pipe = tandem_pipeline(path)
     first = [pipe.nodes["topic"].request(e).messages for e in examples]
@@ -155,7 +159,7 @@ def run_raw(path: Path, examples: list[dict], batch_size: int) -> float:
     for prompts in stages:
         for i in range(0, len(prompts), batch_size):
             ids = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False)
+                            add_special_tokens=False).to(DEVICE)
             with torch.inference_mode():
                 out = model.generate(**ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id)
@@ -170,7 +174,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs of tandem and raw (interleaved; the median counts)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the same for all three)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     examples = make_questions(args.examples, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         print("building and briefly training the tiny model ...", flush=True)
@@ -189,8 +196,8 @@ def main() -> None:
     print(f"raw generate   : {eps['raw']:8.1f} examples/s (no parsing)")
     vs_dspy, vs_raw = eps["tandem"] / eps["dspy"], eps["tandem"] / eps["raw"]
     print(f"tandem / dspy = {vs_dspy:.2f}x   tandem / raw = {vs_raw:.2f}x")
-    print(json.dumps({"tandem_eps": round(eps["tandem"], 2), "dspy_eps": round(eps["dspy"], 2),
-                      "raw_eps": round(eps["raw"], 2),
+    print(json.dumps({"device": DEVICE, "tandem_eps": round(eps["tandem"], 2),
+                      "dspy_eps": round(eps["dspy"], 2), "raw_eps": round(eps["raw"], 2),
                       "vs_dspy": round(vs_dspy, 2), "vs_raw": round(vs_raw, 2)}))
 
 
