@@ -10,7 +10,8 @@ chain of stages and thresholds whose validation accuracy matches the best single
 
     tandem compile programs/cascade_compile.py:program --train programs/data/overruling_train.jsonl \\
         --val programs/data/overruling_val.jsonl --metric programs/cascade_compile.py:metric \\
-        --passes "TrainScorer(train_encoder=True, epochs=3)" "Calibrate(match=1.0)" --out out/cascade
+        --passes "TrainScorer(train_encoder=True, epochs=3)" --passes "Calibrate(match=1.0)" \
+        --out out/cascade
     tandem eval out/cascade --data programs/data/overruling_test.jsonl \\
         --metric programs/cascade_compile.py:metric
 
@@ -20,6 +21,7 @@ By default the recorded answers come from the packaged 432-row excerpt; set
 
 from __future__ import annotations
 
+import json
 import os
 
 from tandemlm import Model, Pipeline, Solve
@@ -48,6 +50,15 @@ def build(data: str | None = None, max_length: int = 96) -> Pipeline:
             if i < len(STAGES) - 1 else None
         stages.append(Stage(solver, judge=judge, threshold=0.5))
     return Pipeline([Cascade(stages)], name="cascade_compile")
+
+
+def splits(path: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """(train, val, test) of a replay file: test = rows with an odd index; of the even rows, every
+    fourth calibrates (val) and the rest train the scorer."""
+    rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+    even, odd = rows[0::2], rows[1::2]
+    return ([r for i, r in enumerate(even) if i % 4 != 0], [r for i, r in enumerate(even) if i % 4 == 0],
+            odd)
 
 
 def metric(example, prediction, trace=None) -> bool:

@@ -56,13 +56,13 @@ def _cost(cost: dict[str, float | None]) -> str:
 
 
 def report_table(reports: list[PassReport], split: str) -> Table:
-    table = Table(title=f"compile: metric on the {split}set, cost per example")
-    for column in ("#", "pass", "metric before", "metric after", "cost before", "cost after", "time"):
-        table.add_column(column, justify="left" if column == "pass" else "right")
+    table = Table(title=f"compile: metric on the {split}set, mean cost per example")
+    for column in ("#", "pass", "metric before → after", "cost before → after", "time"):
+        table.add_column(column, justify="left" if column == "pass" else "right", no_wrap=True)
     for r in reports:
         table.add_row(str(r.index), escape(r.name) + (" (resumed)" if r.resumed else ""),
-                      f"{r.metric_before:.3f}", f"{r.metric_after:.3f}", _cost(r.cost_before),
-                      _cost(r.cost_after), f"{r.seconds:.1f}s")
+                      f"{r.metric_before:.3f} → {r.metric_after:.3f}",
+                      f"{_cost(r.cost_before)} → {_cost(r.cost_after)}", f"{r.seconds:.1f}s")
     return table
 
 
