@@ -3,6 +3,7 @@
 from tandemlm.compose import ExampleResult, LMNode, Node, NodeTrace, Pipeline, Step
 from tandemlm.evaluate import EvalResult, evaluate, load_data
 from tandemlm.modules import Solve
+from tandemlm.optimizers import compile, load
 from tandemlm.runtime import (Backend, ConfigError, GenRequest, GenResult, GraphError, Model,
                               ParseError, ScoreRequest, ScoreResult, TandemError, register_backend)
 
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Backend", "ConfigError", "EvalResult", "ExampleResult", "GenRequest", "GenResult",
     "GraphError", "LMNode", "Model", "Node", "NodeTrace", "ParseError", "Pipeline",
-    "ScoreRequest", "ScoreResult", "Solve", "Step", "TandemError", "evaluate", "load_data",
+    "ScoreRequest", "ScoreResult", "Solve", "Step", "TandemError", "compile", "evaluate", "load",
+    "load_data",
     "register_backend",
 ]
