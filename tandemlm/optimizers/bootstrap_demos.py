@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tandemlm.compose import LMNode, Pipeline
-from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, seat_teacher, select_nodes
+from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, select_nodes, teacher_traces
 from tandemlm.optimizers.trace_store import Traces
 from tandemlm.runtime import CompileError, ConfigError, Model
 
@@ -99,13 +99,7 @@ class BootstrapDemos(Pass):
         """The traces to take demos from: the pipeline's own, or the teacher's."""
         if not self.teacher:
             return traces
-        teacher = seat_teacher(pipeline, self.teacher, "BootstrapDemos")
-        ctx.reporter.note("bootstrap_demos: collecting traces with the teacher ("
-                          + ", ".join(f"{seat}={m if isinstance(m, str) else m.name}"
-                                      for seat, m in self.teacher.items()) + ")")
-        found = ctx.traces(teacher, "train")
-        ctx.details["teacher_score"] = found.score
-        return found
+        return teacher_traces(pipeline, self.teacher, ctx, "BootstrapDemos")[1]
 
     def _check(self, pools: dict[str, list[Candidate]], labeled: dict[str, list[Candidate]],
                source: Traces, ctx: CompileContext) -> None:

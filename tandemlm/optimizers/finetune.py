@@ -33,7 +33,7 @@ from typing import Any
 from tandemlm.compose import LMNode, Pipeline
 from tandemlm.optimizers.finetune_data import (Row, consensus_votes, miniplm_scores, node_rows,
                                                top_fraction)
-from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, seat_teacher, select_nodes
+from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, select_nodes, teacher_traces
 from tandemlm.optimizers.trace_store import Traces
 from tandemlm.runtime import CompileError, ConfigError, Model, use_cache
 from tandemlm.runtime.types import LoraOptions
@@ -145,8 +145,8 @@ class Finetune(Pass):
 
     def apply(self, pipeline: Pipeline, traces: Traces, ctx: CompileContext) -> Pipeline:
         targets = trainable_nodes(pipeline, self.nodes)
-        teacher = self._teacher_pipeline(pipeline)
-        source = traces if teacher is None else self._teacher_traces(teacher, ctx)
+        teacher, source = (teacher_traces(pipeline, self.teacher, ctx, "Finetune") if self.teacher
+                           else (None, traces))
         new = ctx.copy(pipeline)
         seats = lm_nodes(new)
         for path, (node, model) in targets.items():
@@ -157,18 +157,6 @@ class Finetune(Pass):
         return new
 
     # -- steps -----------------------------------------------------------------------------
-    def _teacher_pipeline(self, pipeline: Pipeline) -> Pipeline | None:
-        """The pipeline with the teacher in its seats (see `seat_teacher`)."""
-        return seat_teacher(pipeline, self.teacher, "Finetune") if self.teacher else None
-
-    def _teacher_traces(self, teacher: Pipeline, ctx: CompileContext) -> Traces:
-        ctx.reporter.note("finetune: running the trainset with the teacher ("
-                          + ", ".join(f"{seat}={m if isinstance(m, str) else m.name}"
-                                      for seat, m in self.teacher.items()) + ")")
-        found = ctx.traces(teacher, "train")
-        ctx.details["teacher_score"] = found.score
-        return found
-
     def _rows(self, path: str, node: LMNode, source: Traces, ctx: CompileContext) -> list[Row]:
         rows = node_rows(node, source.calls(path, passed=True))
         if not rows:

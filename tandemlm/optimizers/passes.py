@@ -164,3 +164,16 @@ def seat_teacher(pipeline: Pipeline, teacher: dict[str, Any], owner: str) -> Pip
         for node in nodes.values():
             node.model = model
     return seated
+
+
+def teacher_traces(pipeline: Pipeline, teacher: dict[str, Any], ctx: CompileContext,
+                   owner: str) -> tuple[Pipeline, Traces]:
+    """The pipeline with the teacher seated (see `seat_teacher`) and its traces on the trainset;
+    the teacher's score goes into the pass details."""
+    seated = seat_teacher(pipeline, teacher, owner)
+    ctx.reporter.note(f"{owner}: running the trainset with the teacher ("
+                      + ", ".join(f"{seat}={m if isinstance(m, str) else m.name}"
+                                  for seat, m in teacher.items()) + ")")
+    found = ctx.traces(seated, "train")
+    ctx.details["teacher_score"] = found.score
+    return seated, found

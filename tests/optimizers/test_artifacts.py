@@ -17,9 +17,10 @@ import pytest
 from safetensors.numpy import save_file
 
 from tandemlm import LMNode, Model, Pipeline
-from tandemlm.optimizers import Pass, Reporter, compile, lm_nodes, load
+from tandemlm.optimizers import Pass, compile, lm_nodes, load
 from tandemlm.runtime import ArtifactError
 from tandemlm.testing import chat_reply, request_field
+from recorder import Recorder
 
 APPLIED: Counter = Counter()
 TRAIN = [{"question": w, "answer": w.upper()} for w in ["cat", "dog", "owl"]]
@@ -73,16 +74,6 @@ def build() -> Pipeline:
 
 def exact(example, prediction, trace=None):
     return prediction.answer == example.answer
-
-
-class Notes(Reporter):
-    """Keeps the reporter's notes for assertions."""
-
-    def __init__(self):
-        self.notes = []
-
-    def note(self, text):
-        self.notes.append(text)
 
 
 def run(out, passes, train=TRAIN, reporter=None):
@@ -166,7 +157,7 @@ def test_changed_options_rerun_that_pass_and_the_ones_after(tmp_path):
 
 def test_a_different_trainset_starts_over(tmp_path):
     run(tmp_path, [SetDemo()])
-    notes = Notes()
+    notes = Recorder()
     compiled = run(tmp_path, [SetDemo()], train=TRAIN[:2], reporter=notes)
     assert not compiled.compile_report[0].resumed and APPLIED == {"set_demo": 2}
     assert any("other inputs; starting over" in n for n in notes.notes)
@@ -175,7 +166,7 @@ def test_a_different_trainset_starts_over(tmp_path):
 def test_a_damaged_pass_record_runs_the_pass_again(tmp_path):
     run(tmp_path, [SetDemo(), Tune()])
     (tmp_path / "adapters" / "02-solve" / WEIGHTS).unlink()
-    notes = Notes()
+    notes = Recorder()
     compiled = run(tmp_path, [SetDemo(), Tune()], reporter=notes)
     assert [r.resumed for r in compiled.compile_report] == [True, False]
     assert APPLIED == {"set_demo": 1, "tune": 2}

@@ -11,9 +11,10 @@ from __future__ import annotations
 import pytest
 
 from tandemlm import LMNode, Model, Pipeline, evaluate
-from tandemlm.optimizers import BootstrapDemos, Reporter, compile, lm_nodes, load
+from tandemlm.optimizers import BootstrapDemos, compile, lm_nodes, load
 from tandemlm.runtime import CompileError, ConfigError
 from tandemlm.testing import chat_reply, demo_values, request_field
+from recorder import Recorder
 
 PASSING = ["NASA", "IBM", "UNESCO", "FIFA", "NATO", "OPEC"]     # already upper: echoing passes
 FAILING = ["cat", "river", "stone", "apple", "lamp"]
@@ -48,16 +49,6 @@ def build() -> Pipeline:
 
 def exact(example, prediction, trace=None):
     return prediction.answer == example.answer
-
-
-class Notes(Reporter):
-    """Keeps the reporter's notes for assertions."""
-
-    def __init__(self):
-        self.notes = []
-
-    def note(self, text):
-        self.notes.append(text)
 
 
 def run(passes, train, tmp_path, val=VAL, seed=0, reporter=None, program=None):
@@ -168,7 +159,7 @@ def test_unknown_node_and_raw_prompt_nodes(tmp_path):
         run([BootstrapDemos(nodes=["nope"])], rows(PASSING), tmp_path)
     raw = LMNode("question -> answer", model="small", name="raw", prompt_field="question")
     program = Pipeline([raw], models={"small": Model("scripted", "raw", reply="X")}, name="raw")
-    notes = Notes()
+    notes = Recorder()
     with pytest.raises(CompileError, match="no node .* can take demos"):
         run([BootstrapDemos()], rows(PASSING), tmp_path / "raw", reporter=notes, program=program)
     assert any("raw prompt" in n and "'raw'" in n for n in notes.notes)

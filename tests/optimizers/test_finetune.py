@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,12 +24,13 @@ from finetune_task import (TEACHER, TRAINING, WORDS, base_model_path, build,
 from safetensors.torch import load_file
 
 from tandemlm import LMNode, Model, Pipeline, evaluate
-from tandemlm.optimizers import Reporter, compile, load
+from tandemlm.optimizers import compile, load
 from tandemlm.optimizers.finetune import Finetune
 from tandemlm.runtime import CompileError, ConfigError, ScoreRequest
 from tandemlm.runtime.backends.hf import HFBackend
 from tandemlm.runtime.backends.hf_lora import encode_example
 from tandemlm.testing import chat_reply, request_field
+from recorder import Recorder
 
 pytest.importorskip("peft")
 
@@ -51,23 +51,6 @@ def one_thread():
 @pytest.fixture(scope="module")
 def base() -> Path:
     return base_model_path()
-
-
-class Recorder(Reporter):
-    """Keeps notes and progress bars (description, total, steps advanced)."""
-
-    def __init__(self) -> None:
-        self.notes: list[str] = []
-        self.bars: list[list] = []
-
-    @contextmanager
-    def progress(self, description, total):
-        bar = [description, total, 0]
-        self.bars.append(bar)
-        yield lambda n=1: bar.__setitem__(2, bar[2] + n)
-
-    def note(self, text):
-        self.notes.append(text)
 
 
 @pytest.fixture(scope="module")
