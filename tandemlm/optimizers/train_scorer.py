@@ -17,6 +17,7 @@ of the trained scorer, and of the scorer before training, are reported in the pa
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import ClassVar
@@ -144,9 +145,12 @@ class TrainScorer(Pass):
         out = ctx.artifact_dir("scorers", _slug(members[0]))
         ctx.reporter.note(f"{self.name}: {', '.join(members)}: training on {len(train)} pairs "
                           f"({sum(y for *_, y in train):.0f} positive), {len(test)} held out")
-        model.backend.train_head([(r.text, r.text_pair) for _, r, _ in train], [y for *_, y in train],
-                                 out, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                                 train_encoder=self.train_encoder, seed=ctx.seed)
+        steps = self.epochs * math.ceil(len(train) / self.batch_size)
+        with ctx.reporter.progress(f"{self.name} {', '.join(members)}", steps) as advance:
+            model.backend.train_head([(r.text, r.text_pair) for _, r, _ in train],
+                                     [y for *_, y in train], out, epochs=self.epochs, lr=self.lr,
+                                     batch_size=self.batch_size, train_encoder=self.train_encoder,
+                                     seed=ctx.seed, progress=advance)
         options = {k: v for k, v in model.options.items() if k != "num_labels"}
         trained = Model(model.backend_name, str(out), name=model.name, params=model.params,
                         remote=model.remote, **options)

