@@ -9,6 +9,10 @@ FrugalGPT's and Cappy's recipe: a scorer learns (input, output) -> "is this outp
 * `TrainRanker` fits a `Rank` node's cross-encoder on (query, item) pairs labelled by the
   example's gold items (`positives=` names the example field holding them).
 
+The scorer is a cross-encoder (its head, or with `train_encoder` the whole encoder, is trained)
+or a small generative model asked the node's yes/no question (a LoRA adapter learns to answer
+`yes` for right outputs and `no` for wrong ones); see `scorer_training`.
+
 A seeded slice of the examples (`holdout`) is kept out of training; the held-out AUC and accuracy
 of the trained scorer, and of the scorer before training, are reported in the pass details.
 
@@ -17,21 +21,22 @@ of the trained scorer, and of the scorer before training, are reported in the pa
 
 from __future__ import annotations
 
-import math
+import json
 import re
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from tandemlm.compose import Node, Pipeline
 from tandemlm.compose.state import node_paths
 from tandemlm.modules.rank import Rank
-from tandemlm.modules.score import Score, classify_request
+from tandemlm.modules.score import Score
+from tandemlm.optimizers import scorer_training
 from tandemlm.optimizers.passes import CompileContext, Pass, select_nodes
 from tandemlm.optimizers.stage_runs import cascade_inputs, cascades, run_every_stage
 from tandemlm.optimizers.trace_store import Traces
-from tandemlm.runtime import ClassifyRequest, CompileError, ConfigError, Model, use_cache
+from tandemlm.runtime import CompileError, ConfigError, Model, use_cache
 
-Example = tuple[int, ClassifyRequest, float]  # (example index, pair, label)
+Example = tuple[int, dict[str, Any], float]  # (example index, field -> value, label)
 
 
 def auc(scores: list[float], labels: list[float]) -> float | None:
@@ -65,8 +70,10 @@ class TrainScorer(Pass):
     Args:
         nodes: Score nodes to train (paths or names); default: every Score node whose model is
             a trainable cross-encoder.
-        epochs, lr, batch_size: training options (lr default: 5e-2 head only, 3e-5 with encoder).
-        train_encoder: fine-tune the encoder too (better, slower) instead of only the head.
+        epochs, lr, batch_size: training options (lr default: 5e-2 for a head alone, 3e-5 with
+            the encoder, 2e-4 for a generative scorer's LoRA adapter).
+        train_encoder: fine-tune a cross-encoder's encoder too (better, slower) than its head alone.
+        lora: LoRA shape for a generative scorer (as `Finetune`'s).
         holdout: fraction of examples kept out of training to measure the scorer.
     """
 
@@ -76,20 +83,24 @@ class TrainScorer(Pass):
     batch_size: int = 16
     train_encoder: bool = False
     holdout: float = 0.2
+    lora: dict[str, Any] = field(default_factory=dict)
 
     name = "train_scorer"
     kind: ClassVar[type[Node]] = Score
 
     def targets(self, pipeline: Pipeline) -> dict[str, Node]:
         found = select_nodes(pipeline, self.nodes, self.kind, self.kind.__name__)
-        usable = {p: n for p, n in found.items() if _trainable_encoder(pipeline.resolve(n.model))}
+        usable = {p: n for p, n in found.items()
+                  if scorer_training.kind_of(pipeline.resolve(n.model)) is not None}
         if self.nodes is not None and len(usable) < len(found):
             bad = sorted(set(found) - set(usable))
             raise ConfigError(f"{self.name}: node(s) {', '.join(bad)} do not score with a trainable "
-                              f"cross-encoder (backend 'hf-classifier'); only those can be trained")
+                              f"model (a cross-encoder on 'hf-classifier' or a generative 'hf' "
+                              f"model); only those can be trained")
         if not usable:
             raise CompileError(f"{self.name}: pipeline '{pipeline.name}' has no {self.kind.__name__} "
-                               f"node bound to a trainable cross-encoder (backend 'hf-classifier')")
+                               f"node bound to a trainable scorer (a cross-encoder on backend "
+                               f"'hf-classifier' or a generative model on backend 'hf')")
         return usable
 
     def apply(self, pipeline: Pipeline, traces: Traces, ctx: CompileContext) -> Pipeline:
@@ -100,7 +111,8 @@ class TrainScorer(Pass):
         paths = node_paths(new)
         for members in groups.values():
             rows = [row for path in members for row in self.rows(new, path, traces, ctx)]
-            trained = self._train(new.resolve(paths[members[0]].model), rows, members, ctx)
+            trained = self._train(new.resolve(paths[members[0]].model), paths[members[0]], rows,
+                                  members, ctx)
             for path in members:
                 paths[path].set_state({"model": trained})
         return new
@@ -114,8 +126,8 @@ class TrainScorer(Pass):
             if stages:
                 return self._cascade_rows(pipeline, cascade_path, stages, node, traces, ctx)
         index = {id(r): i for i, r in enumerate(traces.records)}
-        return [(index[id(c.record)], classify_request({f: c.trace.inputs[f] for f in node.fields}),
-                 float(c.passed)) for c in traces.calls(path)]
+        return [(index[id(c.record)], {f: c.trace.inputs[f] for f in node.fields}, float(c.passed))
+                for c in traces.calls(path)]
 
     def _cascade_rows(self, pipeline, path, stages, node, traces, ctx) -> list[Example]:
         reached = cascade_inputs(traces, path)
@@ -127,12 +139,12 @@ class TrainScorer(Pass):
                                                      strict=True):
                 if answer.ok:
                     merged = {**values, **answer.outputs}
-                    rows.append((index[id(example)],
-                                 classify_request({f: merged[f] for f in node.fields}), float(ok)))
+                    rows.append((index[id(example)], {f: merged[f] for f in node.fields}, float(ok)))
         return rows
 
     # -- training ------------------------------------------------------------------------------
-    def _train(self, model: Model, rows: list[Example], members: list[str], ctx: CompileContext) -> Model:
+    def _train(self, model: Model, node: Node, rows: list[Example], members: list[str],
+               ctx: CompileContext) -> Model:
         if not rows or len({y for _, _, y in rows}) < 2:
             raise CompileError(f"{self.name}: the traces give {len(rows)} labelled pairs for "
                                f"{', '.join(members)}, {'all with one label' if rows else ''}; a "
@@ -142,24 +154,22 @@ class TrainScorer(Pass):
         held = set(ctx.rng("holdout").sample(examples, int(len(examples) * self.holdout)))
         train = [r for r in rows if r[0] not in held]
         test = [r for r in rows if r[0] in held]
+        kind = scorer_training.kind_of(model)
         out = ctx.artifact_dir("scorers", _slug(members[0]))
-        ctx.reporter.note(f"{self.name}: {', '.join(members)}: training on {len(train)} pairs "
-                          f"({sum(y for *_, y in train):.0f} positive), {len(test)} held out")
-        steps = self.epochs * math.ceil(len(train) / self.batch_size)
-        with ctx.reporter.progress(f"{self.name} {', '.join(members)}", steps) as advance:
-            model.backend.train_head([(r.text, r.text_pair) for _, r, _ in train],
-                                     [y for *_, y in train], out, epochs=self.epochs, lr=self.lr,
-                                     batch_size=self.batch_size, train_encoder=self.train_encoder,
-                                     seed=ctx.seed, progress=advance)
-        options = {k: v for k, v in model.options.items() if k != "num_labels"}
-        trained = Model(model.backend_name, str(out), name=model.name, params=model.params,
-                        remote=model.remote, **options)
-        ctx.details[members[0]] = {"pairs": len(train), "held_out": len(test),
-                                   "auc_before": _auc_on(model, test, ctx),
-                                   "auc_after": _auc_on(trained, test, ctx),
-                                   "accuracy_after": _accuracy_on(trained, test, ctx)}
-        ctx.reporter.note(f"{self.name}: held-out AUC {ctx.details[members[0]]['auc_before']} -> "
-                          f"{ctx.details[members[0]]['auc_after']}")
+        ctx.reporter.note(f"{self.name}: {', '.join(members)}: training a {kind} scorer on "
+                          f"{len(train)} pairs ({sum(y for *_, y in train):.0f} positive), "
+                          f"{len(test)} held out")
+        total = scorer_training.steps(kind, len(train), self.epochs, self.batch_size)
+        with ctx.reporter.progress(f"{self.name} {', '.join(members)}", total) as advance:
+            trained = scorer_training.train(
+                kind, model, node, [x for _, x, _ in train], [y for *_, y in train], out,
+                epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                train_encoder=self.train_encoder, lora=self.lora, seed=ctx.seed, progress=advance)
+        before, after = (_held_out(m, node, test, ctx) for m in (model, trained))
+        ctx.details[members[0]] = {"kind": kind, "pairs": len(train), "held_out": len(test),
+                                   "auc_before": before[0], "auc_after": after[0],
+                                   "accuracy_after": after[1]}
+        ctx.reporter.note(f"{self.name}: held-out AUC {before[0]} -> {after[0]}")
         return trained
 
 
@@ -169,28 +179,20 @@ def _unique(rows: list[Example]) -> list[Example]:
     most stages agree)."""
     seen: dict[tuple, Example] = {}
     for row in rows:
-        seen.setdefault((row[0], row[1].text, row[1].text_pair), row)
+        seen.setdefault((row[0], json.dumps(row[1], sort_keys=True, default=str)), row)
     return list(seen.values())
 
 
-def _trainable_encoder(model: Model | None) -> bool:
-    return model is not None and model.supports("classify") and model.trainable
-
-
-def _scores(model: Model, rows: list[Example], ctx: CompileContext) -> list[float | None]:
+def _held_out(model: Model, node: Node, rows: list[Example],
+              ctx: CompileContext) -> tuple[float | None, float | None]:
+    """(AUC, accuracy at 0.5) of `model`'s scores on the held-out rows."""
     with use_cache(ctx.store.cache):
-        results = model.classify([r for _, r, _ in rows])
-    return [r.positive if r.ok else None for r in results]
-
-
-def _auc_on(model: Model, rows: list[Example], ctx: CompileContext) -> float | None:
-    scored = [(s, y) for s, (*_, y) in zip(_scores(model, rows, ctx), rows, strict=True) if s is not None]
-    return auc([s for s, _ in scored], [y for _, y in scored]) if scored else None
-
-
-def _accuracy_on(model: Model, rows: list[Example], ctx: CompileContext) -> float | None:
-    scored = [(s, y) for s, (*_, y) in zip(_scores(model, rows, ctx), rows, strict=True) if s is not None]
-    return sum((s >= 0.5) == (y >= 0.5) for s, y in scored) / len(scored) if scored else None
+        got = scorer_training.scores(model, node, [x for _, x, _ in rows])
+    scored = [(s, y) for s, (*_, y) in zip(got, rows, strict=True) if s is not None]
+    if not scored:
+        return None, None
+    accuracy = sum((s >= 0.5) == (y >= 0.5) for s, y in scored) / len(scored)
+    return auc([s for s, _ in scored], [y for _, y in scored]), accuracy
 
 
 @dataclass
@@ -218,6 +220,6 @@ class TrainRanker(TrainScorer):
             gold = {str(x) for x in record.example[self.positives]}
             for call in (c for c in traces.calls(path, ok=False) if c.record is record):
                 for item in call.trace.inputs.get(node.items, []):
-                    pair = classify_request({node.query: call.trace.inputs[node.query], "item": item})
-                    rows.append((i, pair, float(str(item) in gold)))
+                    row = {node.query: call.trace.inputs[node.query], node.item_label: item}
+                    rows.append((i, row, float(str(item) in gold)))
         return rows

@@ -1,6 +1,7 @@
-"""TrainVerifier: verdicts labelled from the metric (right and wrong answers both), KALMV's error
-types told apart with the gold answer and the evidence, and a tiny local verifier that learns to
-judge answers it could not judge before.
+"""Small generative judges trained from traces: TrainVerifier (verdicts labelled from the metric,
+right and wrong answers both; KALMV's error types told apart with the gold answer and the
+evidence) and TrainScorer on a generative Score (its yes/no question); a tiny local judge learns
+to judge answers it could not judge before.
 
 The answerer is a scripted test double: right (a word of the asked category) on some questions,
 wrong on others. The verifier is the real 2-layer Llama of the Finetune tests."""
@@ -114,3 +115,41 @@ def test_misuse_is_refused_with_the_reason(base):
     only_good = [e for e in TRAIN if e["given"] in GOOD][:6]
     with pytest.raises(CompileError, match="right and wrong answers"):
         compile(_build(base), only_good, metric, passes=[TrainVerifier()], progress=False)
+
+
+def test_train_scorer_teaches_a_small_generative_judge_its_yes_no(base, tmp_path):
+    """A `Score` on a generative model (P(Yes) from log-probabilities) judging a cascade stage:
+    TrainScorer fits a LoRA adapter answering the node's own yes/no question."""
+    from tandemlm.modules.cascade import Cascade, Stage
+    from tandemlm.modules.score import Score
+    from tandemlm.optimizers import TrainScorer
+
+    def build():
+        answerer = Model("scripted", "answerer", reply=answerer_reply)
+        strong = Model("scripted", "strong", reply=lambda r: chat_reply(answer=GOOD[0]))
+        judge = Score("small", fields=("answer",), name="judge",
+                      instructions="Is the answer a good word?")
+        return Pipeline([Cascade([Stage(Solve("question -> answer", model=answerer, name="cheap"),
+                                        judge=judge, threshold=0.5),
+                                  Stage(Solve("question -> answer", model=strong, name="strong"))])],
+                        models={"small": small_model(base)}, name="judged")
+
+    compiled = compile(build(), TRAIN, metric, out_dir=tmp_path, progress=False,
+                       passes=[TrainScorer(lora=LORA, epochs=20, lr=3e-3, batch_size=8, holdout=0.25)])
+    details = compiled.compile_report[0].details["cascade/judge"]
+    assert details["kind"] == "yes_no"
+    assert details["auc_after"] > 0.9 > details["auc_before"] + 0.2, details
+    judge_model = compiled.nodes["cascade"].judge_nodes[0].model
+    assert judge_model.adapter.startswith(str(tmp_path / "scorers"))
+
+    def outcome(pipeline):
+        results = pipeline.batch(HELD)
+        right = sum(r.outputs["answer"] in GOOD for r in results) / len(results)
+        cheap = sum(r.trace[0].info["answered_by"] == 0 for r in results) / len(results)
+        return right, cheap
+
+    # Untrained, the judge trusts no cheap answer (all escalate); trained, it keeps the cheap
+    # stage's right answers and still escalates its wrong ones.
+    assert outcome(build())[1] == 0.0
+    right, cheap = outcome(compiled)
+    assert right >= 0.9 and cheap >= 0.3, (right, cheap)
