@@ -20,7 +20,6 @@ import inspect
 import random
 import threading
 import time
-import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -142,17 +141,9 @@ class HFBackend(TransformersBackend):
                               f"{exc}") from exc
         model.to(device)
         if self.adapter is not None:
-            try:
-                from peft import PeftModel
-            except ImportError as exc:
-                raise ConfigError("loading a LoRA adapter needs peft: pip install peft") from exc
-            try:
-                with warnings.catch_warnings():  # peft reads a deprecated transformers property
-                    warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
-                    model = PeftModel.from_pretrained(model, self.adapter)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"could not load adapter '{self.adapter}' onto model "
-                                  f"'{self.model_id}': {exc}") from exc
+            from tandemlm.runtime.backends.hf_lora import load_adapter
+
+            model = load_adapter(model, self.adapter, self.model_id)
         model.eval()
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:

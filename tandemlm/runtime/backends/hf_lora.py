@@ -164,3 +164,18 @@ def train_lora(backend: HFBackend, examples: Sequence[tuple[GenRequest, str]], o
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
     return result
+
+
+def load_adapter(model: Any, adapter: str, model_id: str) -> Any:
+    """`model` wrapped with the PEFT adapter at `adapter` (what the `hf` backend serves)."""
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise ConfigError("loading a LoRA adapter needs peft: pip install 'tandemlm[train]' "
+                          "(or pip install peft)") from exc
+    try:
+        with warnings.catch_warnings():  # peft reads a deprecated transformers property
+            warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+            return PeftModel.from_pretrained(model, adapter)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"could not load adapter '{adapter}' onto model '{model_id}': {exc}") from exc
