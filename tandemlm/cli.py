@@ -23,6 +23,22 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+@app.command("demo")
+def demo_command(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="where the compiled program, the "
+                                                              "results and the plot go"),
+) -> None:
+    """Compile a FrugalGPT cascade over real recorded API answers (OVERRULING) and compare it
+    with every single model: accuracy and cost on the held-out half."""
+    from tandemlm.suites.demo import print_report, run_demo
+
+    try:
+        report = run_demo(out)
+    except TandemError as exc:
+        _fail(exc)
+    print_report(report, out, console)
+
+
 @app.command("eval")
 def eval_command(
     program: str = typer.Argument(..., help="PROGRAM.py:NAME or module:NAME of a Pipeline, or a "

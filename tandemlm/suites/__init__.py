@@ -1,0 +1,1 @@
+"""Tasks, suites and the demo: the compiler run end to end on real recorded data."""

@@ -1,0 +1,113 @@
+"""`tandem demo`: compile a FrugalGPT cascade over real recorded model answers and compare it with
+every single model — no GPU, API key or download.
+
+The packaged OVERRULING excerpt (432 rows of FrugalGPT's data) is split by row index: odd rows are
+the test half; of the even rows, three in four train the MiniLM judge (`TrainScorer`) and one in
+four calibrates the cascade (`Calibrate(match=1.0)`). Writes into `out`:
+
+* `compiled/` — the compiled program (`program.json`, scorer weights, the calibration curve);
+* `eval/results.jsonl` — every test example's answer, trace and cost; `eval/summary.json`;
+* `report.json` — every single model's and the cascade's test accuracy and cost;
+* `cost_quality.png` — single models as points, the calibration curve, the cascade on test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from tandemlm.evaluate import evaluate, packaged_data
+from tandemlm.optimizers import Calibrate, TrainScorer, compile
+from tandemlm.optimizers.artifacts import atomic_write
+from tandemlm.suites.overruling import STAGES, build, metric, splits
+
+PASSES = (TrainScorer(train_encoder=True, epochs=3), Calibrate(match=1.0))
+
+
+def single_models(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each recorded model alone on `rows`: accuracy and total cost (its recorded answers)."""
+    return {name: {"accuracy": sum(bool(r["models"][name]["correct"]) for r in rows) / len(rows),
+                   "cost_usd": sum(r["models"][name]["cost_usd"] for r in rows)}
+            for name in STAGES}
+
+
+def run_demo(out: str | Path, *, data: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Compile and evaluate the cascade (see the module docstring); returns the report."""
+    out = Path(out)
+    data = str(data or packaged_data("overruling_excerpt.jsonl"))
+    train, val, test = splits(data)
+    compiled = compile(build(data), train, metric, valset=val, passes=list(PASSES),
+                       out_dir=out / "compiled", source="tandemlm.suites.overruling:build",
+                       progress=progress)
+    result = evaluate(compiled, test, metric, out=out / "eval", progress=progress)
+    singles = single_models(test)
+    best = max(singles, key=lambda name: (singles[name]["accuracy"], -singles[name]["cost_usd"]))
+    calibration = compiled.compile_report[-1].details["cascade"]
+    (curve,) = sorted((out / "compiled" / "curves").glob("*/curve.json"))  # the one cascade's
+    calibration["frontier"] = json.loads(curve.read_text())["frontier"]
+    cascade = {"accuracy": result.score, "cost_usd": result.summary["total_cost_usd"],
+               "cost_fraction": result.summary["total_cost_usd"] / singles[best]["cost_usd"],
+               "stages": calibration["chosen"]["stages"],
+               "thresholds": calibration["chosen"]["thresholds"]}
+    report = {"data": data, "n_test": len(test), "n_train": len(train), "n_val": len(val),
+              "singles": singles, "best_single": {"model": best, **singles[best]},
+              "cascade": cascade, "scorer": compiled.compile_report[0].details,
+              "calibration": calibration}
+    atomic_write(out / "report.json", json.dumps(report, indent=1) + "\n")
+    _plot(out / "cost_quality.png", report, len(test))
+    return report
+
+
+def table(report: dict[str, Any]) -> Table:
+    """Every single model and the compiled cascade on the test half."""
+    best = report["best_single"]
+    out = Table(title=f"OVERRULING, {report['n_test']} test examples (recorded answers of real APIs)")
+    for column in ("model", "accuracy", "cost (USD)", f"cost vs {best['model']}"):
+        out.add_column(column, justify="left" if column == "model" else "right")
+    for name, figures in report["singles"].items():
+        out.add_row(name, f"{figures['accuracy']:.3f}", f"{figures['cost_usd']:.4f}",
+                    f"{figures['cost_usd'] / best['cost_usd']:.3f}")
+    cascade = report["cascade"]
+    out.add_row("[bold]compiled cascade[/bold]\n" + " -> ".join(cascade["stages"]),
+                f"[bold]{cascade['accuracy']:.3f}[/bold]", f"[bold]{cascade['cost_usd']:.4f}[/bold]",
+                f"[bold]{cascade['cost_fraction']:.3f}[/bold]")
+    return out
+
+
+def print_report(report: dict[str, Any], out: str | Path, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(table(report))
+    console.print(f"report: {out}/report.json, per-example results: {out}/eval/results.jsonl, "
+                  f"plot: {out}/cost_quality.png")
+
+
+def _plot(path: Path, report: dict[str, Any], n: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    curve = report["calibration"]["frontier"]
+    ax.plot([p["cost"] for p in curve], [p["quality"] for p in curve], "-", color="tab:blue",
+            alpha=0.6, label="cascades, calibration half (Pareto frontier)")
+    for name, figures in report["singles"].items():
+        ax.scatter(figures["cost_usd"] / n, figures["accuracy"], color="grey", s=18)
+        ax.annotate(name, (figures["cost_usd"] / n, figures["accuracy"]), fontsize=7)
+    cascade = report["cascade"]
+    ax.scatter(cascade["cost_usd"] / n, cascade["accuracy"], marker="*", s=180, color="red",
+               label="compiled cascade, test half", zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("mean cost per example (USD)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("OVERRULING: single models vs the compiled cascade")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
