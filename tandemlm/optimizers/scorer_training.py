@@ -23,12 +23,12 @@ Row = dict[str, Any]
 
 
 def kind_of(model: Model | None) -> str | None:
-    """"head" for a trainable cross-encoder, "yes_no" for a trainable generative model with
+    """"cross_encoder" for a trainable cross-encoder, "yes_no" for a trainable generative model with
     log-probabilities, else None (the node's scorer cannot be trained here)."""
     if model is None or not model.trainable:
         return None
     if model.supports("classify"):
-        return "head"
+        return "cross_encoder"
     if model.supports("logprobs") and hasattr(model.backend, "train_lora"):
         return "yes_no"
     return None
@@ -56,7 +56,7 @@ def train(kind: str, model: Model, node: Any, rows: list[Row], labels: list[floa
           epochs: int, lr: float | None, batch_size: int, train_encoder: bool, lora: dict[str, Any],
           seed: int, progress: Callable[[int], None]) -> Model:
     """Train `model` on the rows into `out`; returns the Model serving the result."""
-    if kind == "head":
+    if kind == "cross_encoder":
         model.backend.train_head([(r.text, r.text_pair) for r in map(classify_request, rows)], labels,
                                  out, epochs=epochs, lr=lr, batch_size=batch_size,
                                  train_encoder=train_encoder, seed=seed, progress=progress)

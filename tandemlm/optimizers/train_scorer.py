@@ -156,7 +156,7 @@ class TrainScorer(Pass):
         test = [r for r in rows if r[0] in held]
         kind = scorer_training.kind_of(model)
         out = ctx.artifact_dir("scorers", _slug(members[0]))
-        ctx.reporter.note(f"{self.name}: {', '.join(members)}: training a {kind} scorer on "
+        ctx.reporter.note(f"{self.name}: {', '.join(members)}: training a {kind.replace('_', ' ')} scorer on "
                           f"{len(train)} pairs ({sum(y for *_, y in train):.0f} positive), "
                           f"{len(test)} held out")
         total = scorer_training.steps(kind, len(train), self.epochs, self.batch_size)
@@ -169,8 +169,13 @@ class TrainScorer(Pass):
         ctx.details[members[0]] = {"kind": kind, "pairs": len(train), "held_out": len(test),
                                    "auc_before": before[0], "auc_after": after[0],
                                    "accuracy_after": after[1]}
-        ctx.reporter.note(f"{self.name}: held-out AUC {before[0]} -> {after[0]}")
+        ctx.reporter.note(f"{self.name}: held-out AUC {_fmt(before[0])} -> {_fmt(after[0])}, "
+                          f"accuracy {_fmt(after[1])}")
         return trained
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _unique(rows: list[Example]) -> list[Example]:

