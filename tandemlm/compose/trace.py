@@ -63,6 +63,15 @@ def account(trace: NodeTrace, model: Model, result: Any) -> None:
         trace.flops = (trace.flops or 0.0) + cost.flops
 
 
+def spent(traces: list[NodeTrace]) -> dict[str, float | None]:
+    """What `traces` and all their descendants cost: {"usd": ..., "flops": ...}, each None when
+    no call reported it."""
+    calls = [t for root in traces for t in root.walk()]
+    usd = [t.cost_usd for t in calls if t.cost_usd is not None]
+    flops = [t.flops for t in calls if t.flops is not None]
+    return {"usd": sum(usd) if usd else None, "flops": sum(flops) if flops else None}
+
+
 @dataclass
 class ExampleResult:
     """One example's run through a pipeline: the fields it produced and its trace."""

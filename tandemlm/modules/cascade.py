@@ -18,6 +18,7 @@ from typing import Any
 
 from tandemlm.compose import Composite, Node, NodeTrace, RunContext
 from tandemlm.compose.node import Fields
+from tandemlm.compose.trace import spent
 from tandemlm.modules.judges import Judge, as_judge
 from tandemlm.runtime import ConfigError
 
@@ -29,13 +30,6 @@ class Stage:
     solver: Node
     judge: Node | Judge | None = None
     threshold: float = 0.5
-
-
-def _cost(traces: list[NodeTrace]) -> dict[str, float | None]:
-    calls = [t for root in traces for t in root.walk()]
-    usd = [t.cost_usd for t in calls if t.cost_usd is not None]
-    flops = [t.flops for t in calls if t.flops is not None]
-    return {"usd": sum(usd) if usd else None, "flops": sum(flops) if flops else None}
 
 
 class Cascade(Composite):
@@ -123,11 +117,11 @@ class Cascade(Composite):
                     scores[k], judged[k] = score, trace
             still = []
             for k, i in enumerate(pending):
-                spent = [answers[k]] + ([judged[k]] if judged[k] is not None else [])
+                paid = [answers[k]] + ([judged[k]] if judged[k] is not None else [])
                 trace = traces[i]
-                trace.children.extend(spent)
+                trace.children.extend(paid)
                 trace.info["scores"].append(scores[k])
-                trace.info["stage_costs"].append(_cost(spent))
+                trace.info["stage_costs"].append(spent(paid))
                 accepted = s == last or (scores[k] is not None and scores[k] >= self.thresholds[s])
                 if answers[k].ok and accepted:
                     trace.outputs, trace.info["answered_by"] = dict(answers[k].outputs), s

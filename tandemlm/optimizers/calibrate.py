@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,7 +146,7 @@ class Calibrate(Pass):
             for s, value in zip(chosen.chain, chosen.thresholds, strict=False):
                 thresholds[s] = value
             cascade.set_state({"order": list(chosen.chain), "thresholds": thresholds})
-            _save_curve(ctx.artifact_dir("curves", re.sub(r"[^\w.-]+", "_", path)), report, path)
+            _save_curve(ctx.artifact_dir("curves", path), report, path)
             ctx.details[path] = {k: v for k, v in report.items() if k != "frontier"}
             ctx.reporter.note(f"calibrate {path}: {' -> '.join(report['chosen']['stages'])}, "
                               f"quality {chosen.quality:.3f}, cost {chosen.cost:.3g} {report['unit']}")

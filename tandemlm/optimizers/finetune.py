@@ -26,7 +26,6 @@ target modules are kept), so a second Finetune refines the first instead of disc
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,16 +35,13 @@ from tandemlm.optimizers.finetune_data import (Row, consensus_votes, miniplm_sco
 from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, select_nodes, teacher_traces
 from tandemlm.optimizers.trace_store import Traces
 from tandemlm.runtime import CompileError, ConfigError, Model, use_cache
+from tandemlm.runtime.train import count_steps
 from tandemlm.runtime.types import LoraOptions
 
 SELECTIONS = ("passed", "miniplm", "consensus")
 
 
-def _resolve(pipeline: Pipeline, node: LMNode) -> Model | None:
-    return pipeline.models.get(node.model) if isinstance(node.model, str) else node.model
-
-
-def _can_train(model: Model | None) -> bool:
+def trains_lora(model: Model | None) -> bool:
     """A local generative model whose backend trains LoRA adapters here (`hf`)."""
     return (model is not None and model.trainable
             and callable(getattr(model.backend, "train_lora", None)))
@@ -60,8 +56,8 @@ def _describe(path: str, model: Model | None) -> str:
 def trainable_nodes(pipeline: Pipeline, names: list[str] | None) -> dict[str, tuple[LMNode, Model]]:
     """LM nodes (composites' children too) whose model can be fine-tuned here, by path;
     `names` picks some, and naming one that cannot be trained is a `ConfigError`."""
-    found = {path: (node, _resolve(pipeline, node)) for path, node in lm_nodes(pipeline).items()}
-    ok = {path: (node, model) for path, (node, model) in found.items() if _can_train(model)}
+    found = {path: (node, pipeline.resolve(node.model)) for path, node in lm_nodes(pipeline).items()}
+    ok = {path: (node, model) for path, (node, model) in found.items() if trains_lora(model)}
     if names is None:
         if not ok:
             raise CompileError(
@@ -79,9 +75,6 @@ def trainable_nodes(pipeline: Pipeline, names: list[str] | None) -> dict[str, tu
     return {path: ok[path] for path in picked}
 
 
-def _slug(path: str) -> str:
-    """A node path as a directory name ("cascade/judge#2" -> "cascade-judge-2")."""
-    return re.sub(r"[^A-Za-z0-9_.]+", "-", path).strip("-") or "node"
 
 
 @dataclass
@@ -173,7 +166,7 @@ class Finetune(Pass):
         """Rows kept by `select`, then capped at `max_examples`. Model calls go through the
         compile's call cache, so a resumed compile does not pay for them again."""
         candidates = len(rows)
-        sampler = _resolve(teacher, lm_nodes(teacher)[path]) if teacher is not None else model
+        sampler = teacher.resolve(lm_nodes(teacher)[path].model) if teacher is not None else model
         with use_cache(ctx.store.cache):
             if self.select == "miniplm":
                 scores = miniplm_scores(rows, sampler, model)
@@ -195,9 +188,8 @@ class Finetune(Pass):
     def _train(self, path: str, node: LMNode, model: Model, rows: list[Row],
                ctx: CompileContext) -> Model:
         """Train the node's adapter and return the model that serves it."""
-        out = ctx.artifact_dir("adapters", _slug(path))
-        batches = math.ceil(len(rows) / self.batch_size)
-        steps = self.epochs * math.ceil(batches / self.accumulate)  # as fit() counts them
+        out = ctx.artifact_dir("adapters", path)
+        steps = count_steps(math.ceil(len(rows) / self.batch_size), self.epochs, self.accumulate)
         with ctx.reporter.progress(f"finetune {path}", steps) as advance:
             result = model.backend.train_lora(
                 [(row.request, row.completion) for row in rows], out,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +65,10 @@ class CompileContext:
 
     def artifact_dir(self, kind: str, name: str) -> Path:
         """A fresh directory `out/<kind>/<index>-<name>` for files this pass writes (adapters,
-        scorers, curves). A pass that crashed left it half-written; re-running clears it."""
-        path = self.out / kind / f"{self.index:02d}-{name}"
+        scorers, curves); `name` may be a node path ("cascade/judge_0" -> "cascade_judge_0").
+        A pass that crashed left it half-written; re-running clears it."""
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "node"
+        path = self.out / kind / f"{self.index:02d}-{slug}"
         if path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True)

@@ -10,12 +10,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tandemlm.modules.score import classify_request, p_yes, yes_no_messages
+from tandemlm.optimizers.finetune import trains_lora
 from tandemlm.runtime import GenRequest, Model, ScoreRequest
 from tandemlm.runtime.types import LoraOptions
 
@@ -29,7 +29,7 @@ def kind_of(model: Model | None) -> str | None:
         return None
     if model.supports("classify"):
         return "cross_encoder"
-    if model.supports("logprobs") and hasattr(model.backend, "train_lora"):
+    if model.supports("logprobs") and trains_lora(model):
         return "yes_no"
     return None
 
@@ -46,10 +46,6 @@ def scores(model: Model, node: Any, rows: list[Row]) -> list[float | None]:
         return [r.positive if r.ok else None for r in model.classify([classify_request(x) for x in rows])]
     asks = [ScoreRequest(continuations=(node.yes, node.no), messages=_question(node, x)) for x in rows]
     return [p_yes(r) if r.ok else None for r in model.logprobs(asks)]
-
-
-def steps(kind: str, n_rows: int, epochs: int, batch_size: int) -> int:
-    return epochs * math.ceil(n_rows / batch_size)
 
 
 def train(kind: str, model: Model, node: Any, rows: list[Row], labels: list[float], out: Path, *,

@@ -18,19 +18,17 @@ import dspy
 
 from tandemlm.compose import NodeTrace, Pipeline
 from tandemlm.compose.state import node_paths
+from tandemlm.compose.trace import spent
 from tandemlm.modules.cascade import Cascade
 from tandemlm.optimizers.passes import CompileContext
 from tandemlm.optimizers.trace_store import Traces
 from tandemlm.runtime import use_cache
 
 
-def _cost(traces: list[NodeTrace | None]) -> tuple[float, float]:
-    usd = flops = 0.0
-    for root in traces:
-        for t in root.walk() if root is not None else ():
-            usd += t.cost_usd or 0.0
-            flops += t.flops or 0.0
-    return usd, flops
+def _cost(trace: NodeTrace | None) -> tuple[float, float]:
+    """(USD, FLOPs) one stage call cost (0 where unreported, or when there was no call)."""
+    cost = spent([trace] if trace is not None else [])
+    return cost["usd"] or 0.0, cost["flops"] or 0.0
 
 
 @dataclass
@@ -81,7 +79,7 @@ def run_every_stage(pipeline: Pipeline, path: str, rows: list[tuple[dict[str, An
                                                            len(cascade.solvers)) as advance:
         for s, (solver, stage_judge) in enumerate(zip(cascade.solvers, cascade.judges, strict=True)):
             answers = run.run(solver, [{f: x[f] for f in solver.input_fields} for x in inputs])
-            costs = [_cost([a]) for a in answers]
+            costs = [_cost(a) for a in answers]
             stage = StageRun(s, solver.name, answers,
                              [_correct(ctx.metric, e, a) for e, a in zip(examples, answers, strict=True)],
                              [c[0] for c in costs], [c[1] for c in costs])
@@ -101,5 +99,5 @@ def _judge_stage(stage: StageRun, judge: Any, solver: Any, run: Any, inputs: lis
                                      [stage.answers[i] for i in answered])
         for i, score, trace in zip(answered, scores, traces, strict=True):
             stage.scores[i], stage.judge_traces[i] = score, trace
-    costs = [_cost([t]) for t in stage.judge_traces]
+    costs = [_cost(t) for t in stage.judge_traces]
     stage.judge_usd, stage.judge_flops = [c[0] for c in costs], [c[1] for c in costs]

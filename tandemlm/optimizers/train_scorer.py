@@ -22,7 +22,7 @@ of the trained scorer, and of the scorer before training, are reported in the pa
 from __future__ import annotations
 
 import json
-import re
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,6 +35,7 @@ from tandemlm.optimizers.passes import CompileContext, Pass, select_nodes
 from tandemlm.optimizers.stage_runs import cascade_inputs, cascades, run_every_stage
 from tandemlm.optimizers.trace_store import Traces
 from tandemlm.runtime import CompileError, ConfigError, Model, use_cache
+from tandemlm.runtime.train import count_steps
 
 Example = tuple[int, dict[str, Any], float]  # (example index, field -> value, label)
 
@@ -59,8 +60,6 @@ def auc(scores: list[float], labels: list[float]) -> float | None:
     return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
 
 
-def _slug(path: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", path)
 
 
 @dataclass
@@ -155,11 +154,11 @@ class TrainScorer(Pass):
         train = [r for r in rows if r[0] not in held]
         test = [r for r in rows if r[0] in held]
         kind = scorer_training.kind_of(model)
-        out = ctx.artifact_dir("scorers", _slug(members[0]))
+        out = ctx.artifact_dir("scorers", members[0])
         ctx.reporter.note(f"{self.name}: {', '.join(members)}: training a {kind.replace('_', ' ')} scorer on "
                           f"{len(train)} pairs ({sum(y for *_, y in train):.0f} positive), "
                           f"{len(test)} held out")
-        total = scorer_training.steps(kind, len(train), self.epochs, self.batch_size)
+        total = count_steps(math.ceil(len(train) / self.batch_size), self.epochs)
         with ctx.reporter.progress(f"{self.name} {', '.join(members)}", total) as advance:
             trained = scorer_training.train(
                 kind, model, node, [x for _, x, _ in train], [y for *_, y in train], out,

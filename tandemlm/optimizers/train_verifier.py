@@ -28,7 +28,7 @@ from tandemlm.compose import LMNode, Pipeline
 from tandemlm.evaluate.metrics import normalize
 from tandemlm.modules.verify import Verify
 from tandemlm.optimizers.finetune import Finetune
-from tandemlm.optimizers.finetune_data import Row, node_rows
+from tandemlm.optimizers.finetune_data import Row, completion_text, node_rows
 from tandemlm.optimizers.passes import CompileContext, select_nodes
 from tandemlm.optimizers.trace_store import NodeCall, Traces
 from tandemlm.runtime import CompileError, ConfigError
@@ -102,7 +102,5 @@ def _accepted(metric: Any, call: NodeCall) -> bool:
 
 
 def _relabel(view: LMNode, row: Row, verdict: str) -> Row:
-    from tandemlm.optimizers.finetune_data import completion_text
-
     outputs = {"verdict": verdict}
     return Row(row.inputs, outputs, row.request, completion_text(view, outputs))

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tandemlm.evaluate import evaluate, packaged_data
-from tandemlm.optimizers import Calibrate, TrainScorer, compile
+from tandemlm.optimizers import Calibrate, Pass, TrainScorer, compile
 from tandemlm.optimizers.artifacts import atomic_write
 from tandemlm.suites.overruling import STAGES, build, metric, splits
 
@@ -35,12 +35,18 @@ def single_models(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             for name in STAGES}
 
 
-def run_demo(out: str | Path, *, data: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Compile and evaluate the cascade (see the module docstring); returns the report."""
+def run_demo(out: str | Path, *, data: str | Path | None = None, passes: list[Pass] | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Compile and evaluate the cascade (see the module docstring); returns the report.
+
+    Args:
+        data: a replay file in the same format (e.g. the full 2,160-row OVERRULING file).
+        passes: the compile's passes (default `PASSES`); the last must be a `Calibrate`.
+    """
     out = Path(out)
     data = str(data or packaged_data("overruling_excerpt.jsonl"))
     train, val, test = splits(data)
-    compiled = compile(build(data), train, metric, valset=val, passes=list(PASSES),
+    compiled = compile(build(data), train, metric, valset=val, passes=list(passes or PASSES),
                        out_dir=out / "compiled", source="tandemlm.suites.overruling:build",
                        progress=progress)
     result = evaluate(compiled, test, metric, out=out / "eval", progress=progress)

