@@ -61,6 +61,8 @@ def account(trace: NodeTrace, model: Model, result: Any) -> None:
         trace.cost_usd = (trace.cost_usd or 0.0) + cost.usd
     if cost.flops is not None:
         trace.flops = (trace.flops or 0.0) + cost.flops
+    if getattr(result, "confidence", None) is not None:
+        trace.info["confidence"] = result.confidence  # the last call's, as for the answer
 
 
 def spent(traces: list[NodeTrace]) -> dict[str, float | None]:

@@ -1,9 +1,12 @@
-"""Loading user code named on the command line: `module.path:NAME` or `file.py:NAME`."""
+"""Loading user code named on the command line: `module.path:NAME` or `file.py:NAME`, and for a
+program also a call with literal keyword arguments, `module.path:build(size=3, data='x.jsonl')`."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -39,10 +42,43 @@ def load_object(spec: str, what: str = "object") -> Any:
     return getattr(module, attr)
 
 
+def literal_keywords(spec: str, args: str, what: str) -> dict[str, Any]:
+    """`k=4, nodes=['a']` -> {"k": 4, "nodes": ["a"]}: keyword arguments, literals only (read with
+    `ast.literal_eval`, never run as code)."""
+    try:
+        call = ast.parse(f"_({args})", mode="eval").body
+    except SyntaxError as exc:
+        raise ConfigError(f"{what} '{spec}' is not valid: {exc.msg}; write it like "
+                          f"Name(option=4, names=['a'])") from None
+    if not isinstance(call, ast.Call) or call.args or any(kw.arg is None for kw in call.keywords):
+        raise ConfigError(f"{what} '{spec}': give options as keyword arguments, like Name(k=4)")
+    options = {}
+    for kw in call.keywords:
+        try:
+            options[kw.arg] = ast.literal_eval(kw.value)
+        except (ValueError, SyntaxError, TypeError):
+            raise ConfigError(f"{what} '{spec}': option {kw.arg}={ast.unparse(kw.value)} is not "
+                              f"a literal; options take numbers, strings, lists, dicts, True, "
+                              f"False or None") from None
+    return options
+
+
+_CALL = re.compile(r"^\s*(?P<target>[^()]+?)\s*(?:\((?P<args>.*)\))?\s*$", re.S)
+
+
 def load_program(spec: str) -> Pipeline:
-    """Load a `Pipeline` (or a zero-argument function returning one) named by `spec`."""
-    obj = load_object(spec, "program")
-    if callable(obj) and not isinstance(obj, Pipeline):
+    """Load a `Pipeline` named by `spec`: a Pipeline object, a zero-argument function returning
+    one, or such a function called with literal keyword arguments (`module:build(n=3)`)."""
+    match = _CALL.match(spec)
+    if match is None:
+        raise ConfigError(f"program '{spec}' must look like MODULE:NAME, FILE.py:NAME or "
+                          f"MODULE:FUNCTION(option=literal, ...)")
+    obj = load_object(match["target"], "program")
+    if match["args"] is not None:
+        if not callable(obj) or isinstance(obj, Pipeline):
+            raise ConfigError(f"program '{spec}': '{match['target']}' is not a function to call")
+        obj = obj(**literal_keywords(spec, match["args"], "program"))
+    elif callable(obj) and not isinstance(obj, Pipeline):
         obj = obj()
     if not isinstance(obj, Pipeline):
         raise ConfigError(f"program '{spec}' is a {type(obj).__name__}, not a tandemlm Pipeline")

@@ -3,6 +3,7 @@
 from tandemlm.modules.best_of_n import BestOfN
 from tandemlm.modules.cascade import Cascade, Stage
 from tandemlm.modules.decompose import Decompose
+from tandemlm.modules.feature_judge import FeatureJudge
 from tandemlm.modules.judges import Agreement, AnswerLogprob, Judge, NodeJudge
 from tandemlm.modules.map import Map
 from tandemlm.modules.private_split import PrivateSplit
@@ -13,5 +14,6 @@ from tandemlm.modules.score import Score
 from tandemlm.modules.solve import Solve
 from tandemlm.modules.verify import Verify
 
-__all__ = ["Agreement", "AnswerLogprob", "BestOfN", "Cascade", "Decompose", "Judge", "Map",
-           "NodeJudge", "PrivateSplit", "Rank", "Rectify", "Retrieve", "Score", "Solve", "Stage", "Verify"]
+__all__ = ["Agreement", "AnswerLogprob", "BestOfN", "Cascade", "Decompose", "FeatureJudge", "Judge",
+           "Map", "NodeJudge", "PrivateSplit", "Rank", "Rectify", "Retrieve", "Score", "Solve", "Stage",
+           "Verify"]

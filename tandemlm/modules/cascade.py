@@ -13,6 +13,7 @@ stage answered, each stage's score and what each stage cost (solver + judge call
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,14 +50,17 @@ class Cascade(Composite):
                                   f"answers unjudged)")
         self.solvers = [s.solver for s in stages]  # so named_predictors() finds the LM nodes
         self.judges = [as_judge(s.judge) for s in stages]
-        self.judge_nodes = [j.node for j in self.judges if j is not None and hasattr(j, "node")]
+        self.judge_nodes = [j.node for j in self.judges if getattr(j, "node", None) is not None]
         self.thresholds = [float(s.threshold) for s in stages]
         #: which stages run, in which order (Calibrate may drop or reorder stages); the last one
         #: answers unjudged. Thresholds are indexed by stage, not by position.
         self.order = list(range(len(stages)))
 
     def state(self) -> dict[str, Any]:
-        return {"thresholds": list(self.thresholds), "order": list(self.order)}
+        judges = {str(i): j.state() for i, j in enumerate(self.judges) if hasattr(j, "state")}
+        thresholds = [t if math.isfinite(t) else "inf" for t in self.thresholds]  # JSON-safe
+        return {"thresholds": thresholds, "order": list(self.order),
+                **({"judges": judges} if judges else {})}
 
     def set_state(self, state: dict[str, Any]) -> None:
         n = len(self.solvers)
@@ -69,6 +73,11 @@ class Cascade(Composite):
         if any(self.judges[i] is None for i in order[:-1]):
             raise ConfigError(f"cascade '{self.name}': order {order} puts a stage without a judge "
                               f"before the last position")
+        for i, judge_state in state.get("judges", {}).items():
+            judge = self.judges[int(i)] if int(i) < n else None
+            if not hasattr(judge, "set_state"):
+                raise ConfigError(f"cascade '{self.name}': state for judge {i}, which keeps none")
+            judge.set_state(judge_state)
         self.order, self.thresholds = order, thresholds
 
     def children(self) -> list[Node]:
@@ -100,6 +109,7 @@ class Cascade(Composite):
         traces = [NodeTrace(node=self.name, inputs=x, info={"scores": [], "stage_costs": []})
                   for x in inputs]
         pending = list(range(len(inputs)))
+        earlier: list[list[dict[str, Any]]] = [[] for _ in inputs]  # answers of stages passed
         last = self.order[-1]
         for s in self.order:
             solver, judge = self.solvers[s], self.judges[s]
@@ -112,7 +122,8 @@ class Cascade(Composite):
             judged: list[NodeTrace | None] = [None] * len(pending)
             if s != last and answered:
                 got, judge_traces = judge.score(ctx, solver, [inputs[pending[k]] for k in answered],
-                                                [answers[k] for k in answered])
+                                                [answers[k] for k in answered],
+                                                [earlier[pending[k]] for k in answered])
                 for k, score, trace in zip(answered, got, judge_traces, strict=True):
                     scores[k], judged[k] = score, trace
             still = []
@@ -129,5 +140,7 @@ class Cascade(Composite):
                     trace.error = f"last stage failed: {answers[k].node}: {answers[k].error}"
                 else:
                     still.append(i)  # rejected, unjudgeable or failed: escalate
+                    if answers[k].ok:
+                        earlier[i].append(dict(answers[k].outputs))
             pending = still
         return traces

@@ -10,6 +10,7 @@ example a score in [0, 1], compared with the stage's threshold.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from tandemlm.compose import LMNode, Node, NodeTrace, RunContext
@@ -17,11 +18,22 @@ from tandemlm.compose.trace import account
 from tandemlm.runtime import ConfigError, ScoreRequest
 
 
+def answer_key(answer: Any) -> str:
+    """What two answers must share to agree: the text lowercased, without punctuation, articles,
+    escaped whitespace or extra spaces ("['A\\n']" and "a" agree); for a long answer (a worked
+    solution) its last number, which is where such answers put the result."""
+    raw = re.sub(r"(?<=\d),(?=\d)", "", str(answer).replace("\\n", " ").replace("\\t", " "))
+    words = re.sub(r"[^a-z0-9. ]", " ", raw.lower()).split()
+    words = [w for w in words if w not in ("a", "an", "the")] if len(words) > 1 else words
+    if len(words) > 8:
+        numbers = re.findall(r"-?\d+(?:\.\d+)?", raw)
+        if numbers:
+            return numbers[-1]
+    return " ".join(words).strip(". ")
+
+
 def _same(a: Any, b: Any) -> bool:
-    """Answers agree when equal up to case, whitespace and a trailing period."""
-    def norm(x: Any) -> str:
-        return " ".join(str(x).lower().split()).rstrip(".")
-    return norm(a) == norm(b)
+    return answer_key(a) == answer_key(b)
 
 
 class Judge:
@@ -37,7 +49,9 @@ class Judge:
         return []
 
     def score(self, ctx: RunContext, solver: Node, inputs: list[dict[str, Any]],
-              answers: list[NodeTrace]) -> tuple[list[float | None], list[NodeTrace]]:
+              answers: list[NodeTrace], earlier: list[list[dict[str, Any]]] | None = None,
+              ) -> tuple[list[float | None], list[NodeTrace]]:
+        """`earlier[i]`: the outputs earlier cascade stages gave example i (a judge may compare)."""
         raise NotImplementedError
 
 
@@ -57,7 +71,7 @@ class NodeJudge(Judge):
     def routes(self, solver: Node) -> list[tuple[Any, set[str]]]:
         return self.node.routes()
 
-    def score(self, ctx, solver, inputs, answers):
+    def score(self, ctx, solver, inputs, answers, earlier=None):
         rows = [{f: {**x, **(a.outputs or {})}[f] for f in self.node.input_fields}
                 for x, a in zip(inputs, answers, strict=True)]
         traces = ctx.run(self.node, rows)
@@ -78,7 +92,7 @@ class Agreement(Judge):
     def routes(self, solver: Node) -> list[tuple[Any, set[str]]]:
         return solver.routes()
 
-    def score(self, ctx, solver, inputs, answers):
+    def score(self, ctx, solver, inputs, answers, earlier=None):
         if not isinstance(solver, LMNode):
             raise ConfigError("Agreement judges LM-node solvers only")
         sampler = solver.sampler(self.k, self.temperature, self.seed)
@@ -106,7 +120,7 @@ class AnswerLogprob(Judge):
     def routes(self, solver: Node) -> list[tuple[Any, set[str]]]:
         return solver.routes()
 
-    def score(self, ctx, solver, inputs, answers):
+    def score(self, ctx, solver, inputs, answers, earlier=None):
         if not isinstance(solver, LMNode):
             raise ConfigError("AnswerLogprob judges LM-node solvers only")
         model = ctx.model(solver.model)

@@ -5,13 +5,14 @@ from tandemlm.optimizers.bootstrap_demos import BootstrapDemos
 from tandemlm.optimizers.calibrate import Calibrate
 from tandemlm.optimizers.compile import compile
 from tandemlm.optimizers.finetune import Finetune
+from tandemlm.optimizers.fit_judges import FitJudges
 from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, select_nodes
 from tandemlm.optimizers.report import PassReport, Reporter, RichReporter
 from tandemlm.optimizers.trace_store import NodeCall, Traces, TraceStore
 from tandemlm.optimizers.train_scorer import TrainRanker, TrainScorer
 from tandemlm.optimizers.train_verifier import TrainVerifier
 
-__all__ = ["BootstrapDemos", "Calibrate", "CompileContext", "Finetune", "NodeCall", "Pass",
+__all__ = ["BootstrapDemos", "Calibrate", "CompileContext", "Finetune", "FitJudges", "NodeCall", "Pass",
            "PassReport", "Reporter", "RichReporter", "TraceStore", "Traces", "TrainRanker",
            "TrainScorer", "TrainVerifier", "compile", "lm_nodes", "load", "save_program",
            "select_nodes"]

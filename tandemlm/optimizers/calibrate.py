@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import numpy as np
 from tandemlm.compose import Pipeline
 from tandemlm.optimizers.artifacts import atomic_write
 from tandemlm.optimizers.passes import CompileContext, Pass
+from tandemlm.modules.cascade import Cascade
 from tandemlm.optimizers.stage_runs import StageRun, cascade_inputs, cascades, run_every_stage
 from tandemlm.optimizers.trace_store import Traces
 from tandemlm.runtime import CompileError, ConfigError
@@ -45,15 +47,23 @@ class Point:
 
     def to_dict(self, names: list[str]) -> dict[str, Any]:
         return {"stages": [names[s] for s in self.chain], "order": list(self.chain),
-                "thresholds": list(self.thresholds), "quality": self.quality, "cost": self.cost}
+                "thresholds": [json_threshold(x) for x in self.thresholds], "quality": self.quality,
+                "cost": self.cost}
+
+
+def json_threshold(value: float) -> float | str:
+    """A threshold as JSON can hold it: +inf ("never stop at this stage") as the string "inf",
+    which `float()` reads back."""
+    return value if math.isfinite(value) else "inf"
 
 
 class _Table:
     """Per-stage arrays over the calibration examples."""
 
-    def __init__(self, runs: list[StageRun]) -> None:
+    def __init__(self, runs: list[StageRun], judges: list[Any] | None = None) -> None:
         usd = sum(sum(r.usd) + sum(r.judge_usd) for r in runs)
         self.unit = "usd" if usd > 0 else "flops"
+        self.runs, self.judges = runs, judges or [None] * len(runs)
         self.correct = [np.array(r.correct, dtype=float) for r in runs]
         self.cost = [np.array(r.usd if usd > 0 else r.flops) for r in runs]
         self.judge_cost = [np.array((r.judge_usd if usd > 0 else r.judge_flops) or [0.0] * len(r.usd))
@@ -61,33 +71,87 @@ class _Table:
         self.scores = [np.array([np.nan if s is None else s for s in r.scores] or [np.nan] * len(r.usd))
                        for r in runs]
         self.judged = [bool(r.scores) for r in runs]
+        self._chained: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
 
-    def thresholds(self, s: int, grid: int) -> np.ndarray:
-        seen = self.scores[s][~np.isnan(self.scores[s])]
+    def score(self, s: int, before: tuple[int, ...]) -> np.ndarray:
+        """Stage `s`'s judge scores after the stages `before`: its recorded scores, or for a judge
+        that compares with earlier answers (`rescore`), its scores re-computed for that chain."""
+        judge = self.judges[s]
+        if not before or not hasattr(judge, "rescore"):
+            return self.scores[s]
+        key = (s, tuple(sorted(before)))
+        if key not in self._chained:
+            field, run = judge.field, self.runs[s]
+            def said(r: StageRun, i: int) -> Any:
+                return (r.answers[i].outputs or {}).get(field) if r.answers[i].ok else None
+            features = [t.info.get("features") if t is not None else None for t in run.judge_traces]
+            earlier = [[said(self.runs[j], i) for j in key[1] if self.runs[j].answers[i].ok]
+                       for i in range(len(run.answers))]
+            got = judge.rescore(features, [said(run, i) for i in range(len(run.answers))], earlier)
+            self._chained[key] = np.array([np.nan if x is None else x for x in got])
+        return self._chained[key]
+
+    def thresholds(self, scores: np.ndarray, grid: int) -> np.ndarray:
+        """Quantiles of the scores seen, and +inf: never stop here (the stage still answers, for
+        the judges of later stages to compare with)."""
+        seen = scores[~np.isnan(scores)]
         if not len(seen):
             return np.array([np.inf])
-        return np.unique(np.quantile(seen, np.linspace(0, 1, grid)))
+        return np.append(np.unique(np.quantile(seen, np.linspace(0, 1, grid))), np.inf)
+
+
+#: threshold combinations tried per chain at most: a long chain gets a coarser grid per stage
+COMBINATIONS = 4096
 
 
 def _chain_points(t: _Table, chain: tuple[int, ...], grid: int) -> list[Point]:
     """Every threshold combination of one chain, evaluated on all examples at once."""
+    judged = chain[:-1]
+    if judged:
+        grid = max(2, min(grid, round(COMBINATIONS ** (1 / len(judged)))))
+    scores = [np.nan_to_num(t.score(s, chain[:k]), nan=-np.inf) for k, s in enumerate(judged)]
+    grids = [t.thresholds(t.score(s, chain[:k]), grid) for k, s in enumerate(judged)]
+    return [_point(t, chain, scores, combo) for combo in itertools.product(*grids)]
+
+
+def _point(t: _Table, chain: tuple[int, ...], scores: list[np.ndarray], combo: tuple) -> Point:
     *judged, last = chain
-    grids = [t.thresholds(s, grid) for s in judged]
     n = len(t.correct[last])
-    points = []
-    for combo in itertools.product(*grids) if judged else [()]:
-        open_ = np.ones(n, dtype=bool)
-        right = np.zeros(n)
-        cost = np.zeros(n)
-        for s, threshold in zip(judged, combo, strict=True):
-            cost += open_ * (t.cost[s] + t.judge_cost[s])
-            stop = open_ & (np.nan_to_num(t.scores[s], nan=-np.inf) >= threshold)
-            right += stop * t.correct[s]
-            open_ &= ~stop
-        cost += open_ * t.cost[last]
-        right += open_ * t.correct[last]
-        points.append(Point(chain, tuple(float(x) for x in combo), float(right.mean()), float(cost.mean())))
-    return points
+    open_ = np.ones(n, dtype=bool)
+    right = np.zeros(n)
+    cost = np.zeros(n)
+    for s, score, threshold in zip(judged, scores, combo, strict=True):
+        cost += open_ * (t.cost[s] + t.judge_cost[s])
+        stop = open_ & (score >= threshold)
+        right += stop * t.correct[s]
+        open_ &= ~stop
+    cost += open_ * t.cost[last]
+    right += open_ * t.correct[last]
+    return Point(chain, tuple(float(x) for x in combo), float(right.mean()), float(cost.mean()))
+
+
+def point_at(t: _Table, chain: list[int], thresholds: list[float]) -> Point:
+    """How one cascade configuration (stage order, each stage's threshold) does on the table."""
+    chain_ = tuple(chain)
+    scores = [np.nan_to_num(t.score(s, chain_[:k]), nan=-np.inf) for k, s in enumerate(chain_[:-1])]
+    return _point(t, chain_, scores, tuple(float(thresholds[s]) for s in chain_[:-1]))
+
+
+def cost_quality_points(runs: list[StageRun], judges: list[Any], *, max_stages: int = 3,
+                        grid: int = 25, order: str = "any") -> tuple[_Table, list[Point]]:
+    """Every chain of up to `max_stages` stages (judged stages first; with order="cost" only
+    chains from cheaper to dearer stages) at every threshold combination, scored offline."""
+    table = _Table(runs, judges)
+    stages = list(range(len(runs)))
+    if order == "cost":
+        stages.sort(key=lambda s: float(table.cost[s].mean()))
+    chains = itertools.combinations if order == "cost" else itertools.permutations
+    points: list[Point] = []
+    for length in range(1, min(max_stages, len(runs)) + 1):
+        for chain in chains(stages, length):
+            if all(table.judged[s] for s in chain[:-1]):
+                points += _chain_points(table, chain, grid)
+    return table, points
 
 
 def frontier(points: list[Point]) -> list[Point]:
@@ -109,6 +173,8 @@ class Calibrate(Pass):
         budget: mean cost per example (USD, or FLOPs when no stage reports USD).
         max_stages: longest chain searched.
         grid: thresholds tried per judged stage (quantiles of its scores).
+        order: "any" tries every order of the stages; "cost" only chains going from cheaper to
+            dearer stages (fewer chains, less overfitting when there are many stages).
         nodes: cascades to calibrate (paths or names); default: all.
     """
 
@@ -116,6 +182,7 @@ class Calibrate(Pass):
     budget: float | None = None
     max_stages: int = 3
     grid: int = 25
+    order: str = "any"
     nodes: list[str] | None = None
 
     name = "calibrate"
@@ -129,6 +196,8 @@ class Calibrate(Pass):
             raise ConfigError(f"Calibrate(match={self.match}): use a fraction such as 0.99")
         if self.max_stages < 1 or self.grid < 2:
             raise ConfigError("Calibrate: max_stages must be >= 1 and grid >= 2")
+        if self.order not in ("any", "cost"):
+            raise ConfigError(f"Calibrate(order={self.order!r}): use 'any' or 'cost'")
 
     def apply(self, pipeline: Pipeline, traces: Traces, ctx: CompileContext) -> Pipeline:
         new = ctx.copy(pipeline)
@@ -141,7 +210,7 @@ class Calibrate(Pass):
         split = ctx.traces(new, "val") if ctx.valset else traces
         for path, cascade in picked.items():
             runs = run_every_stage(new, path, cascade_inputs(split, path), ctx)
-            chosen, report = self._search(runs, [s.name for s in cascade.solvers])
+            chosen, report = self._search(runs, cascade)
             thresholds = list(cascade.thresholds)
             for s, value in zip(chosen.chain, chosen.thresholds, strict=False):
                 thresholds[s] = value
@@ -152,14 +221,10 @@ class Calibrate(Pass):
                               f"quality {chosen.quality:.3f}, cost {chosen.cost:.3g} {report['unit']}")
         return new
 
-    def _search(self, runs: list[StageRun], names: list[str]) -> tuple[Point, dict[str, Any]]:
-        table = _Table(runs)
-        stages = range(len(runs))
-        points: list[Point] = []
-        for length in range(1, min(self.max_stages, len(runs)) + 1):
-            for chain in itertools.permutations(stages, length):
-                if all(table.judged[s] for s in chain[:-1]):
-                    points += _chain_points(table, chain, self.grid)
+    def _search(self, runs: list[StageRun], cascade: Cascade) -> tuple[Point, dict[str, Any]]:
+        names = [s.name for s in cascade.solvers]
+        table, points = cost_quality_points(runs, cascade.judges, max_stages=self.max_stages,
+                                            grid=self.grid, order=self.order)
         singles = [p for p in points if len(p.chain) == 1]
         best_single = max(singles, key=lambda p: (p.quality, -p.cost))
         if self.match is not None:

@@ -13,15 +13,13 @@ literals (numbers, strings, lists, dicts, True/False/None). Values are read with
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import importlib
 import re
 from pathlib import Path
-from typing import Any
 
 from tandemlm.compose import Pipeline
-from tandemlm.evaluate.loading import load_object, load_program
+from tandemlm.evaluate.loading import literal_keywords, load_object, load_program
 from tandemlm.optimizers.artifacts import load
 from tandemlm.optimizers.passes import Pass
 from tandemlm.runtime import ConfigError
@@ -34,6 +32,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "TrainScorer": "tandemlm.optimizers.train_scorer",
     "TrainRanker": "tandemlm.optimizers.train_scorer",
     "TrainVerifier": "tandemlm.optimizers.train_verifier",
+    "FitJudges": "tandemlm.optimizers.fit_judges",
     "Calibrate": "tandemlm.optimizers.calibrate",
 }
 
@@ -59,34 +58,13 @@ def _pass_class(name: str) -> type[Pass]:
     return cls
 
 
-def _keywords(spec: str, args: str) -> dict[str, Any]:
-    """`k=4, nodes=['a']` -> {"k": 4, "nodes": ["a"]}, literals only."""
-    try:
-        call = ast.parse(f"_({args})", mode="eval").body
-    except SyntaxError as exc:
-        raise ConfigError(f"pass spec '{spec}' is not valid: {exc.msg}; write it like "
-                          f"BootstrapDemos(k=4, nodes=['solve'])") from None
-    if not isinstance(call, ast.Call) or call.args or any(kw.arg is None for kw in call.keywords):
-        raise ConfigError(f"pass spec '{spec}': give options as keyword arguments, like "
-                          f"BootstrapDemos(k=4)")
-    options = {}
-    for kw in call.keywords:
-        try:
-            options[kw.arg] = ast.literal_eval(kw.value)
-        except (ValueError, SyntaxError, TypeError):
-            raise ConfigError(f"pass spec '{spec}': option {kw.arg}={ast.unparse(kw.value)} is not "
-                              f"a literal; options take numbers, strings, lists, dicts, True, "
-                              f"False or None") from None
-    return options
-
-
 def parse_pass(spec: str) -> Pass:
     """The pass a spec names, built with its options; see the module docstring."""
     match = _SPEC.match(spec)
     if match is None:
         raise ConfigError(f"pass spec '{spec}' is not valid; write Name or Name(option=value, ...)")
     cls = _pass_class(match["name"])
-    options = _keywords(spec, match["args"]) if match["args"] is not None else {}
+    options = literal_keywords(spec, match["args"], "pass spec") if match["args"] is not None else {}
     fields = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
     unknown = [k for k in options if fields and k not in fields]
     if unknown:

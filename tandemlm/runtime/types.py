@@ -63,6 +63,9 @@ class GenResult:
     finish_reason: str = "stop"
     cost_usd: float | None = None
     error: str | None = None
+    #: the engine's own confidence in its answer, where it reports one (recorded data: the
+    #: source's raw signal, e.g. an answer-token log-probability or a self-verification score)
+    confidence: float | None = None
 
     @property
     def text(self) -> str:

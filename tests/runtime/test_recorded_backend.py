@@ -215,6 +215,41 @@ def test_several_data_files_are_read_together(tmp_path):
         == ["A", "B"]
 
 
+def test_an_id_in_two_files_is_named_by_file_and_a_bare_id_asks_for_that(tmp_path):
+    one = _write(tmp_path / "x_train.jsonl", [_row("q1", "pa", big="A"), _row("q2", "pc", big="C")])
+    two = _write(tmp_path / "x_test.jsonl", [_row("q1", "pb", big="B")])
+    model = Model("recorded", "big", data=[str(one), str(two)])
+    got = model.generate([GenRequest(prompt="?", key="x_train.jsonl#q1"),
+                          GenRequest(prompt="?", key="x_test.jsonl#q1"),
+                          GenRequest(prompt="?", key="q2"), GenRequest(prompt="?", key="q1")])
+    assert [r.text for r in got[:3]] == ["A", "B", "C"]
+    assert not got[3].ok and "x_train.jsonl#q1" in got[3].error and "several data files" in got[3].error
+
+
+def test_recorded_confidence_reaches_the_result_and_the_trace(tmp_path):
+    from tandemlm import Pipeline
+    from tandemlm.modules import Solve
+
+    path = _write(tmp_path / "c.jsonl", [
+        _row("r1", "p1", big={"output": "yes", "cost_usd": 0.1, "confidence": -0.25}),
+        _row("r2", "p2", big={"output": "no", "cost_usd": 0.1})])
+    model = Model("recorded", "big", data=str(path))
+    assert [r.confidence for r in model.generate([GenRequest(prompt="p1"), GenRequest(prompt="p2")])] \
+        == [-0.25, None]
+    pipe = Pipeline([Solve("prompt -> answer", model=model, prompt_field="prompt", key_field="id")])
+    traces = [r.trace[0] for r in pipe.batch([{"prompt": "p1", "id": "r1"},
+                                                       {"prompt": "p2", "id": "r2"}])]
+    assert traces[0].info["confidence"] == -0.25 and "confidence" not in traces[1].info
+
+
+def test_a_line_separator_inside_a_json_string_is_not_a_line_break(tmp_path):
+    path = tmp_path / "u.jsonl"
+    path.write_text(json.dumps(_row("r1", "a\u2028b", big="x\u2029y"), ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    assert Model("recorded", "big", data=str(path)).generate(
+        [GenRequest(prompt="?", key="r1")])[0].text == "x\u2029y"
+
+
 def test_unknown_option_and_missing_data_are_config_errors(small_file):
     with pytest.raises(ConfigError, match="needs data="):
         RecordedBackend("big")

@@ -5,7 +5,8 @@ Data files are JSONL in the replay format (one row per question, one entry per m
     {"id": "...", "prompt": "<exact prompt>", "gold": ..., "models": {"gpt-4": {"output": "...",
      "correct": true, "cost_usd": 0.0086, "tokens_in": null, "tokens_out": null, ...}}}
 
-A request is looked up by its `key` (the row id) when it has one, else by its exact prompt text.
+A request is looked up by its `key` when it has one — the row id, or `FILE#ID` (the data file's
+name and the row id) for an id that occurs in several files — else by its exact prompt text.
 An unknown key, or a prompt recorded with different answers, fails that request with a clear
 error: this backend never makes up an answer.
 
@@ -63,7 +64,8 @@ def read_replay_file(path: str | Path) -> _Table:
             return _TABLES[cache_key]
     raw = path.read_bytes()
     rows = []
-    for number, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+    # split on newlines only: JSON strings may hold U+2028 and other characters splitlines() cuts at
+    for number, line in enumerate(raw.decode("utf-8").split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -106,6 +108,7 @@ class RecordedBackend(Backend):
         self._by_id: dict[str, Recording] = {}
         self._by_prompt: dict[str, list[Recording]] = {}
         self._digests: tuple[str, ...] = ()
+        self._ambiguous: set[str] = set()
         self._lock = threading.Lock()
 
     def _load(self) -> dict[str, Recording]:
@@ -118,6 +121,7 @@ class RecordedBackend(Backend):
             by_id: dict[str, Recording] = {}
             by_prompt: dict[str, list[Recording]] = {}
             models: set[str] = set()
+            ambiguous: set[str] = set()
             for path, table in zip(self.paths, tables, strict=True):
                 for row in table.rows:
                     models.update(row["models"])
@@ -125,17 +129,19 @@ class RecordedBackend(Backend):
                     if entry is None:
                         continue
                     record = _recording(row, entry)
-                    if record.row_id in by_id:
-                        raise ConfigError(f"row id '{record.row_id}' occurs twice in the data of "
-                                          f"recorded model '{self.model_id}' (again in {path}); "
-                                          f"row ids must be unique across its files")
+                    by_id[f"{path.name}#{record.row_id}"] = record
+                    if record.row_id in by_id:  # in two files: only FILE#ID names it
+                        ambiguous.add(record.row_id)
                     by_id[record.row_id] = record
-                    if row.get("prompt") is not None:
+                    if isinstance(row.get("prompt"), str):  # (a multi-turn prompt: by id only)
                         by_prompt.setdefault(row["prompt"], []).append(record)
             if not by_id:
                 raise ConfigError(f"no recordings of model '{self.model_id}' in "
                                   f"{', '.join(map(str, self.paths))}; recorded models there: "
                                   f"{', '.join(sorted(models)) or 'none'}")
+            for row_id in ambiguous:
+                del by_id[row_id]
+            self._ambiguous = ambiguous
             self._by_id, self._by_prompt, self._digests = by_id, by_prompt, digests
             return by_id
 
@@ -146,6 +152,10 @@ class RecordedBackend(Backend):
         """The recording that answers `request`; raises `ReplayMiss` when there is none."""
         by_id = self._load()
         if request.key is not None:
+            if request.key in self._ambiguous:
+                raise ReplayMiss(f"row id '{request.key}' occurs in several data files of model "
+                                 f"'{self.model_id}'; send the key as FILE#ID (e.g. "
+                                 f"'{self.paths[0].name}#{request.key}')")
             if request.key not in by_id:
                 raise ReplayMiss(f"model '{self.model_id}' has no recording with id "
                                  f"'{request.key}'; check that the data file holds this row")
@@ -181,5 +191,6 @@ class RecordedBackend(Backend):
             cuts = [text.index(s) for s in request.stop if s in text]
             results.append(GenResult(texts=[text[: min(cuts)] if cuts else text],
                                      tokens_in=record.tokens_in, tokens_out=record.tokens_out,
-                                     latency_s=record.latency_s or 0.0, cost_usd=record.cost_usd))
+                                     latency_s=record.latency_s or 0.0, cost_usd=record.cost_usd,
+                                     confidence=record.confidence))
         return results

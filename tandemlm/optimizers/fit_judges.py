@@ -1,0 +1,181 @@
+"""`FitJudges`: fit every cascade's `FeatureJudge`s and pick the features that work.
+
+Every stage answers every example (`stage_runs`, through the call cache), and the metric labels
+each answer. For a judged stage the rows are (its feature values, right?) once with no earlier
+stage and once after each of a few seeded subsets of the stages declared before it (agreement
+with them: a cascade escalates from cheap to dear, so a stage is compared with cheaper ones), so
+one model serves the chains `Calibrate` may then choose.
+
+Each non-empty subset of the judge's features (text, confidence, agreement) is fitted as a
+logistic model on most examples and scored by AUC on the rest (a seeded hold-out, by example);
+the best subset (the smaller one on a near tie) is refitted on all rows and kept. The report
+says, per stage, which features won and every subset's held-out AUC.
+
+Put it after `TrainScorer` (which trains a judge's text scorer) and before `Calibrate`; with a
+valset it fits there, as `Calibrate` does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from tandemlm.compose import Pipeline
+from tandemlm.modules.cascade import Cascade
+from tandemlm.modules.feature_judge import FeatureJudge, agreement
+from tandemlm.optimizers.passes import CompileContext, Pass
+from tandemlm.optimizers.stage_runs import StageRun, cascade_inputs, cascades, run_every_stage
+from tandemlm.optimizers.train_scorer import auc
+from tandemlm.optimizers.trace_store import Traces
+from tandemlm.runtime import CompileError, ConfigError
+
+TIE = 0.002  # held-out AUCs closer than this are a tie, won by fewer features
+
+
+def logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, steps: int = 50) -> np.ndarray:
+    """Weights (bias last) of an L2-regularised logistic regression, by Newton's method."""
+    x = np.hstack([x, np.ones((len(x), 1))])
+    w = np.zeros(x.shape[1])
+    ridge = l2 * np.eye(x.shape[1])
+    ridge[-1, -1] = 0.0  # the bias is not shrunk
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -50, 50)))
+        grad = x.T @ (p - y) + ridge @ w
+        hess = x.T @ (x * (p * (1 - p))[:, None]) + ridge + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w
+
+
+@dataclass
+class _Rows:
+    example: list[int]
+    values: list[dict[str, float | None]]
+    label: list[float]
+
+
+@dataclass
+class FitJudges(Pass):
+    """Fit `FeatureJudge`s on labelled stage answers; see the module docstring.
+
+    Args:
+        holdout: fraction of examples held out to compare feature subsets.
+        prefixes: seeded subsets of the earlier stages each example is also seen after.
+        max_earlier: the largest such subset (a chain of `max_earlier + 1` judged stages).
+        l2: regularisation of the logistic model (on standardised features).
+        nodes: cascades whose judges to fit (paths or names); default: all.
+    """
+
+    holdout: float = 0.25
+    prefixes: int = 12
+    max_earlier: int = 2
+    l2: float = 1.0
+    nodes: list[str] | None = None
+
+    name = "fit_judges"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.holdout < 1 or self.prefixes < 0 or self.max_earlier < 0:
+            raise ConfigError("FitJudges: holdout must lie in (0, 1); prefixes and max_earlier "
+                              "must be >= 0")
+
+    def apply(self, pipeline: Pipeline, traces: Traces, ctx: CompileContext) -> Pipeline:
+        new = ctx.copy(pipeline)
+        split = ctx.traces(new, "val") if ctx.valset else traces
+        fitted = 0
+        for path, cascade in cascades(new).items():
+            if self.nodes is not None and path not in self.nodes and cascade.name not in self.nodes:
+                continue
+            stages = [s for s, j in enumerate(cascade.judges) if isinstance(j, FeatureJudge)]
+            if not stages:
+                continue
+            runs = run_every_stage(new, path, cascade_inputs(split, path), ctx)
+            won: Counter[str] = Counter()
+            for s in stages:
+                chosen = self._fit(cascade, runs, s, ctx, f"{path}/{cascade.solvers[s].name}")
+                won.update(chosen)
+                fitted += 1
+            ctx.details[path] = {**ctx.details.get(path, {}), "features_won": dict(won)}
+        if not fitted:
+            raise CompileError(f"{self.name}: pipeline '{new.name}' has no cascade judged by a "
+                               f"FeatureJudge")
+        return new
+
+    def rows(self, cascade: Cascade, runs: list[StageRun], s: int, rng: random.Random) -> _Rows:
+        """Stage `s`'s labelled feature values, alone and after seeded subsets of earlier stages."""
+        judge: FeatureJudge = cascade.judges[s]  # type: ignore[assignment]
+        others = list(range(s))
+        subsets = [c for k in range(1, self.max_earlier + 1) for c in itertools.combinations(others, k)]
+        chosen = [()] + rng.sample(subsets, min(self.prefixes, len(subsets)))
+        out = _Rows([], [], [])
+        for i, (answer, trace) in enumerate(zip(runs[s].answers, runs[s].judge_traces, strict=True)):
+            if not answer.ok or trace is None or "features" not in trace.info:
+                continue
+            mine = answer.outputs.get(judge.field)
+            for subset in chosen:
+                before = [runs[j].answers[i].outputs.get(judge.field) for j in subset
+                          if runs[j].answers[i].ok]
+                out.example.append(i)
+                out.values.append({**trace.info["features"], "agreement": agreement(mine, before)})
+                out.label.append(float(runs[s].correct[i]))
+        return out
+
+    def _fit(self, cascade: Cascade, runs: list[StageRun], s: int, ctx: CompileContext,
+             name: str) -> list[str]:
+        judge: FeatureJudge = cascade.judges[s]  # type: ignore[assignment]
+        rows = self.rows(cascade, runs, s, ctx.rng(f"prefixes:{name}"))
+        y = np.array(rows.label)
+        if len(set(rows.label)) < 2:  # always right (or always wrong): nothing to learn
+            ctx.reporter.note(f"{self.name} {name}: every answer is "
+                              f"{'right' if rows.label and rows.label[0] else 'wrong'}; kept as is")
+            return []
+        usable = [f for f in judge.available if _informative(rows.values, f)]
+        if not usable:  # e.g. the first stage, with no confidence reported and nothing before it
+            ctx.reporter.note(f"{self.name} {name}: no feature varies here; kept as is")
+            ctx.details[name] = {"features": [], "rows": len(rows.label), "held_out_auc": {}}
+            return []
+        examples = sorted(set(rows.example))
+        held = set(ctx.rng(f"holdout:{name}").sample(examples, max(1, int(len(examples) * self.holdout))))
+        test = np.array([e in held for e in rows.example])
+        results = {}
+        for k in range(1, len(usable) + 1):
+            for subset in itertools.combinations(usable, k):
+                x, _ = _standardise(np.array([judge.vector(v, subset) for v in rows.values]))
+                w = logistic(x[~test], y[~test], self.l2)
+                z = np.hstack([x[test], np.ones((int(test.sum()), 1))]) @ w
+                results[subset] = auc(list(np.round(z, 9)), list(y[test]))  # float noise: ties
+        scored = {k: v for k, v in results.items() if v is not None}
+        top = max(scored.values(), default=None)
+        best = min((k for k, v in scored.items() if top - v <= TIE), key=len) if scored \
+            else tuple(judge.features)
+        x, scale = _standardise(np.array([judge.vector(v, best) for v in rows.values]))
+        w = logistic(x, y, self.l2)
+        columns = judge.columns(best)
+        judge.set_state({"features": list(best),
+                         "weights": {**dict(zip(columns, map(float, w[:-1]), strict=True)),
+                                     "bias": float(w[-1])},
+                         "scale": dict(zip(columns, scale, strict=True))})
+        ctx.details[name] = {"features": list(best), "rows": len(rows.label),
+                             "held_out_auc": {"+".join(k): v for k, v in results.items()}}
+        ctx.reporter.note(f"{self.name} {name}: {'+'.join(best)} (held-out AUC "
+                          f"{results.get(best) or float('nan'):.3f}; "
+                          + ", ".join(f"{'+'.join(k)} {v:.3f}" for k, v in scored.items() if k != best)
+                          + ")")
+        return list(best)
+
+
+def _informative(values: list[dict[str, float | None]], feature: str) -> bool:
+    """Whether `feature` takes more than one value (missing counts as one) in these rows."""
+    return len({v.get(feature) for v in values}) > 1
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, list[list[float]]]:
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std[std < 1e-12] = 1.0
+    return (x - mean) / std, [[float(m), float(d)] for m, d in zip(mean, std, strict=True)]
