@@ -39,6 +39,55 @@ def demo_command(
     print_report(report, out, console)
 
 
+@app.command("suite")
+def suite_command(
+    suite: str = typer.Argument(..., help="a built-in suite (replay, overruling), MODULE:FUNCTION "
+                                          "or a .toml/.yaml suite file"),
+    tasks: list[str] = typer.Option([], "--tasks", help="run only these tasks (repeatable, or "
+                                                        "comma-separated)"),
+    out: Path = typer.Option(None, "--out", help="results directory (default runs/suite-NAME); "
+                                                 "a re-run resumes each task's compile"),
+    data: Path | None = typer.Option(None, "--data", help="the suite's data directory (replay: a "
+                                                          "directory of replay .jsonl files)"),
+    list_tasks: bool = typer.Option(False, "--list", help="list the suite's tasks and exit"),
+) -> None:
+    """Compile and evaluate every task of a suite: results.json, per-example JSONL, a table."""
+    from tandemlm.suites.run import print_results, run_suite, slug
+    from tandemlm.suites.suite import load_suite
+
+    names = [n.strip() for item in tasks for n in item.split(",") if n.strip()]
+    try:
+        loaded = load_suite(suite, **({"data": str(data)} if data is not None else {}))
+        if list_tasks:
+            for name in loaded.names():
+                console.print(name)
+            return
+        out = out or Path("runs") / f"suite-{slug(loaded.name)}"
+        results = run_suite(loaded, out, tasks=names or None, console=console)
+    except TandemError as exc:
+        _fail(exc)
+    print_results(results, console)
+    console.print(f"results: {out}/results.json (table: {out}/results.md, per task: "
+                  f"{out}/TASK/eval/results.jsonl); HTML report: `tandem report {out}`")
+    if any("error" in t for t in results["tasks"].values()):
+        raise typer.Exit(code=1)
+
+
+@app.command("report")
+def report_command(
+    results: Path = typer.Argument(..., help="a directory written by `tandem suite`"),
+    out: Path | None = typer.Option(None, "--out", help="the HTML file (default DIR/report.html)"),
+) -> None:
+    """Render a suite's results (tables and plots) as one static HTML file."""
+    from tandemlm.suites.html import render_report
+
+    try:
+        path = render_report(results, out)
+    except TandemError as exc:
+        _fail(exc)
+    console.print(f"report written to {path}")
+
+
 @app.command("eval")
 def eval_command(
     program: str = typer.Argument(..., help="PROGRAM.py:NAME or module:NAME of a Pipeline, or a "

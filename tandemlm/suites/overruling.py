@@ -57,3 +57,19 @@ def splits(path: str | Path) -> tuple[list[dict], list[dict], list[dict]]:
 def metric(example, prediction, trace=None) -> bool:
     """Exact match with the gold label, as the source judged it."""
     return prediction.answer.strip() == example.gold.strip()
+
+
+def suite(data: str | None = None):
+    """One task: the cascade above compiled as `tandem demo` compiles it (TrainScorer +
+    Calibrate), on the packaged excerpt or `data` (a replay file in the same format)."""
+    from tandemlm.optimizers import Calibrate, TrainScorer
+    from tandemlm.suites.suite import Suite, Task
+
+    path = str(Path(data).resolve()) if data else data_path()
+    train, val, test = splits(path)
+    program = f"tandemlm.suites.overruling:build(data={path!r})"
+    return Suite(name="overruling", description="FrugalGPT's OVERRULING cascade over five recorded APIs",
+                 tasks={"overruling": Task(name="overruling", program=program, train=train, val=val,
+                                           test=test, metric=metric,
+                                           passes=[TrainScorer(train_encoder=True, epochs=3),
+                                                   Calibrate(match=1.0)])})

@@ -1,0 +1,189 @@
+"""The replay suite: one cascade task per recorded benchmark in a directory of replay files.
+
+Every `*.jsonl` in the directory named like `X_train.jsonl`, `X_test.jsonl` or `X_all.jsonl`
+(rows in the replay format: see `tandemlm.runtime.backends.recorded`) is discovered:
+
+* `X_train.jsonl` + `X_test.jsonl` form task X with those splits;
+* `X_all.jsonl`, or an `X_train.jsonl` without a test file, is split by row index: even rows
+  train, odd rows test;
+* rows carrying several model families (`family`) give one task per family, `X/family`.
+
+A task's program is a cascade over every model recorded for it, cheapest first (by mean recorded
+cost on the train split), each stage judged by a `FeatureJudge`: a MiniLM cross-encoder on
+(question, answer) — the prompt where a row has no bare question — the model's recorded
+confidence where the data has one, and agreement with earlier stages' answers. The compile trains
+the cross-encoder on three quarters of the train split (`TrainScorer`); on the other quarter
+`FitJudges` picks the judge features and `Calibrate(match=1.0)` picks the stages, their order and
+thresholds to reach the best single model's train accuracy at least cost. Nothing depends on the
+files shipped today: any file in that format is a task.
+
+An answer is right when the source judged the model that gave exactly that text right
+(`recorded_correct`), which also covers benchmarks without a gold answer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from tandemlm.compose import Pipeline
+from tandemlm.modules import Score, Solve
+from tandemlm.modules.cascade import Cascade, Stage
+from tandemlm.modules.feature_judge import FeatureJudge
+from tandemlm.optimizers import Calibrate, FitJudges, TrainScorer
+from tandemlm.runtime import ConfigError, Model
+from tandemlm.runtime.backends.hf_classifier import minilm_path
+from tandemlm.runtime.backends.recorded import read_replay_file
+from tandemlm.suites.suite import Suite, Task
+
+DEFAULT_DIR = Path("../shared/data/replay")
+_NAME = re.compile(r"^(?P<stem>.+)_(?P<split>train|test|all)\.jsonl$")
+
+
+def default_dir() -> Path | None:
+    """`TANDEM_REPLAY_DIR`, else ../shared/data/replay when it exists."""
+    env = os.environ.get("TANDEM_REPLAY_DIR")
+    if env:
+        return Path(env)
+    return DEFAULT_DIR if DEFAULT_DIR.is_dir() else None
+
+
+def recorded_correct(example: Any, prediction: Any, trace: Any = None) -> bool:
+    """The source's own judgement of the answer: right when most models that gave exactly this
+    text were judged right (a tie is wrong)."""
+    said = str(prediction.answer).strip()
+    votes = [bool(m["correct"]) for m in example.recorded.values()
+             if str(m["output"]).strip() == said and m["correct"] is not None]
+    return sum(votes) * 2 > len(votes)
+
+
+def _example(row: dict[str, Any], file: str) -> dict[str, Any]:
+    """What the pipeline and metric see of a row: its key (FILE#ID: ids are unique within a file
+    only), the prompt and question, and each model's recorded output and judgement (the metric's
+    answer key), not costs or confidences."""
+    prompt = row.get("prompt") or ""
+    if not isinstance(prompt, str):  # a multi-turn prompt, as a list of turns
+        prompt = "\n\n".join(map(str, prompt))
+    return {"id": f"{Path(file).name}#{row['id']}", "prompt": prompt,
+            "question": row.get("question") or prompt, "gold": row.get("gold"),
+            "recorded": {name: {"output": m.get("output") or "", "correct": m.get("correct")}
+                         for name, m in row["models"].items()}}
+
+
+def discover(data: str | Path) -> list[dict[str, Any]]:
+    """The tasks in `data`: one dict per task with its name, files and how to split them."""
+    root = Path(data)
+    if not root.is_dir():
+        raise ConfigError(f"replay data directory '{root}' does not exist; pass --data DIR (a "
+                          f"directory of X_train/X_test/X_all.jsonl replay files)")
+    groups: dict[str, dict[str, Path]] = defaultdict(dict)
+    for path in sorted(root.glob("*.jsonl")):
+        match = _NAME.match(path.name)
+        if match:
+            groups[match["stem"]][match["split"]] = path
+    found = []
+    for stem, files in sorted(groups.items()):
+        if "train" in files and "test" in files:
+            split = {"train": str(files["train"]), "test": str(files["test"]), "by_index": None}
+        elif "all" in files or "train" in files:
+            split = {"train": None, "test": None, "by_index": str(files.get("all") or files["train"])}
+        else:
+            continue  # a test file without training data cannot be compiled
+        rows = _rows(split["train"] or split["by_index"])
+        families = sorted({r.get("family") for r in rows}, key=lambda f: (f is not None, str(f)))
+        for family in families:
+            found.append({"name": stem if family is None else f"{stem}/{family}", "family": family,
+                          **split})
+    if not found:
+        raise ConfigError(f"no replay tasks in '{root}': expected files named X_train.jsonl + "
+                          f"X_test.jsonl, X_all.jsonl or X_train.jsonl")
+    return found
+
+
+def _rows(path: str) -> list[dict[str, Any]]:
+    return read_replay_file(path).rows
+
+
+def splits(spec: dict[str, Any]) -> tuple[list[tuple[dict, str]], list[tuple[dict, str]]]:
+    """(train, test) rows of one discovered task, restricted to its family, each with its file."""
+    def rows(path: str) -> list[tuple[dict, str]]:
+        return [(r, path) for r in _rows(path) if r.get("family") == spec["family"]]
+    if spec["by_index"]:
+        both = rows(spec["by_index"])
+        train, test = both[0::2], both[1::2]
+    else:
+        train, test = rows(spec["train"]), rows(spec["test"])
+    if not train or not test:
+        raise ConfigError(f"replay task '{spec['name']}' has {len(train)} train and {len(test)} "
+                          f"test rows; it needs both")
+    return train, test
+
+
+def models_by_cost(rows: list[dict[str, Any]]) -> list[str]:
+    """Models recorded on every row, cheapest first (mean recorded cost; unknown cost last)."""
+    names = [m for m in rows[0]["models"] if all(m in r["models"] for r in rows)]
+    def mean_cost(name: str) -> float:
+        costs = [r["models"][name].get("cost_usd") for r in rows]
+        known = [c for c in costs if c is not None]
+        return sum(known) / len(known) if known else float("inf")
+    return sorted(names, key=lambda m: (mean_cost(m), m))
+
+
+def build(data: list[str], models: list[str], *, scorer: bool = True, confidence: bool = True,
+          text_field: str = "question", max_length: int = 128, name: str = "replay_cascade") -> Pipeline:
+    """The uncompiled cascade over `models` (cheapest first) answering from the replay files
+    `data`; see the module docstring."""
+    text = Model("hf-classifier", str(minilm_path()), name="minilm-judge", max_length=max_length) \
+        if scorer else None
+    stages = []
+    for i, model in enumerate(models):
+        solver = Solve("prompt -> answer", model=Model("recorded", model, data=list(data)),
+                       name=f"s{i}_" + re.sub(r"[^A-Za-z0-9]+", "_", model).strip("_").lower(),
+                       prompt_field="prompt", key_field="id")
+        judge = None
+        if i < len(models) - 1:
+            score = Score(text, fields=(text_field, "answer"), name=f"judge_{i}") if text else None
+            judge = FeatureJudge(score, confidence=confidence)
+        stages.append(Stage(solver, judge=judge, threshold=0.5))
+    return Pipeline([Cascade(stages)], name=name)
+
+
+def task(spec: dict[str, Any], *, scorer: bool = True, epochs: int = 2, seed: int = 0) -> Task:
+    """The suite task for one discovered replay benchmark."""
+    train_pairs, test_pairs = splits(spec)
+    train_rows = [r for r, _ in train_pairs]
+    models = models_by_cost(train_rows)
+    if len(models) < 2:
+        raise ConfigError(f"replay task '{spec['name']}' records {len(models)} model(s) on every "
+                          f"row; a cascade needs at least two")
+    has_confidence = any(r["models"][m].get("confidence") is not None for r in train_rows for m in models)
+    bare = all(r.get("question") for r in train_rows)
+    files = sorted({f for f in (spec["train"], spec["test"], spec["by_index"]) if f})
+    options = {"data": [str(Path(f).resolve()) for f in files], "models": models, "scorer": scorer,
+               "confidence": has_confidence, "text_field": "question" if bare else "prompt"}
+    train = [_example(r, f) for r, f in train_pairs]
+    fit, val = [x for i, x in enumerate(train) if i % 4 != 0], [x for i, x in enumerate(train) if i % 4 == 0]
+    passes = [FitJudges(), Calibrate(match=1.0, order="cost", max_stages=4)]
+    if scorer:
+        passes.insert(0, TrainScorer(train_encoder=True, epochs=epochs))
+    program = f"tandemlm.suites.replay:build({', '.join(f'{k}={v!r}' for k, v in options.items())})"
+    return Task(name=spec["name"], program=program,
+                train=fit if scorer else train, val=val if scorer else None,
+                test=[_example(r, f) for r, f in test_pairs], metric=recorded_correct, passes=passes,
+                seed=seed, description=f"{len(models)} recorded models, cheapest first: "
+                                       f"{', '.join(models)}")
+
+
+def suite(data: str | Path | None = None, *, scorer: bool = True, epochs: int = 2) -> Suite:
+    """Every replay task in `data` (default: `default_dir()`)."""
+    root = data or default_dir()
+    if root is None:
+        raise ConfigError("the replay suite needs its data: pass --data DIR (a directory of "
+                          "replay .jsonl files, such as shared/data/replay) or set TANDEM_REPLAY_DIR")
+    specs = discover(root)
+    return Suite(name="replay", tasks={s["name"]: (lambda s=s: task(s, scorer=scorer, epochs=epochs))
+                                       for s in specs},
+                 description=f"cascades over recorded real models, from {root}")

@@ -1,0 +1,244 @@
+"""Suites: declaring and loading them (Python, TOML, YAML), discovering replay tasks in a data
+directory, and the results `tandem suite` writes — checked on real recorded answers (the packaged
+OVERRULING excerpt, and ../shared/data/replay when present)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tandemlm import load
+from tandemlm.cli import app
+from tandemlm.evaluate import evaluate, load_program, packaged_data
+from tandemlm.runtime import ConfigError
+from tandemlm.runtime.backends.recorded import read_replay_file
+from tandemlm.suites.replay import discover, recorded_correct, suite
+from tandemlm.suites.run import run_suite
+from tandemlm.suites.suite import load_suite
+
+EXCERPT = packaged_data("overruling_excerpt.jsonl")
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "replay"
+
+
+def _write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Replay files cut from the excerpt in every naming the suite discovers."""
+    root = tmp_path_factory.mktemp("replay")
+    rows = read_replay_file(EXCERPT).rows
+    shutil.copy(EXCERPT, root / "legal_all.jsonl")
+    _write_rows(root / "split_train.jsonl", rows[:100])
+    _write_rows(root / "split_test.jsonl", rows[100:160])
+    _write_rows(root / "lone_train.jsonl", rows[:40])
+    _write_rows(root / "orphan_test.jsonl", rows[:10])  # no training data: not a task
+    _write_rows(root / "notes.jsonl", rows[:10])  # not named X_train/X_test/X_all: not a task
+    fam = [{**r, "family": "odd" if i % 3 else "even", "id": f"f{i}"} for i, r in enumerate(rows[:90])]
+    _write_rows(root / "fams_all.jsonl", fam)
+    return root
+
+
+def test_discovery_follows_the_file_names_and_families(data_dir):
+    tasks = {t["name"]: t for t in discover(data_dir)}
+    assert sorted(tasks) == ["fams/even", "fams/odd", "legal", "lone", "split"]
+    assert tasks["split"]["train"].endswith("split_train.jsonl") and tasks["split"]["by_index"] is None
+    assert tasks["lone"]["by_index"].endswith("lone_train.jsonl")
+    replay = suite(data_dir, scorer=False)
+    legal = replay.task("legal")
+    n = len(read_replay_file(EXCERPT).rows)
+    assert (len(legal.train), len(legal.test)) == ((n + 1) // 2, n // 2)  # even rows / odd rows
+    assert legal.train[0]["id"] == f"legal_all.jsonl#{read_replay_file(EXCERPT).rows[0]['id']}"
+    assert (len(replay.task("split").train), len(replay.task("split").test)) == (100, 60)
+    even = replay.task("fams/even")
+    assert len(even.train) + len(even.test) == 30
+    # models are ordered by their mean recorded cost on the train split
+    assert "gptj_6B" in even.description.split(": ")[1].split(", ")[0]
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"real replay data {SHARED} is not on this machine")
+def test_the_shared_replay_directory_gives_one_task_per_benchmark_and_family():
+    assert [t["name"] for t in discover(SHARED)] == [
+        "arc_challenge", "gsm8k/llama", "gsm8k/qwen_oai", "mmlu/llama", "mmlu/qwen_oai", "overruling",
+        "triviaqa/llama", "triviaqa/qwen_oai"]
+
+
+def test_missing_or_empty_data_directories_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        discover(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="no replay tasks"):
+        discover(tmp_path)
+    with pytest.raises(ConfigError, match=r"no task\(s\) nope; its tasks: legal"):
+        suite(_one_task_dir(tmp_path), scorer=False).select(["nope"])
+
+
+def _one_task_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "one"
+    root.mkdir()
+    shutil.copy(EXCERPT, root / "legal_all.jsonl")
+    return root
+
+
+def test_recorded_correct_judges_an_answer_as_the_source_judged_that_text():
+    import dspy
+
+    example = dspy.Example(recorded={"a": {"output": "['B']", "correct": True},
+                                     "b": {"output": "['C']", "correct": False},
+                                     "c": {"output": "['B']", "correct": True}})
+    assert recorded_correct(example, dspy.Prediction(answer="['B']"))
+    assert not recorded_correct(example, dspy.Prediction(answer="['C']"))
+    assert not recorded_correct(example, dspy.Prediction(answer="['D']"))  # nobody said it
+
+
+# -- running a suite -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def results(data_dir, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("run")
+    return out, run_suite(suite(data_dir, scorer=False), out, tasks=["legal", "split"], progress=False)
+
+
+def test_results_json_has_the_promised_schema(results):
+    out, got = results
+    assert json.loads((out / "results.json").read_text()) == got
+    assert got["schema"] == "tandemlm.suite-results/1" and got["suite"] == "replay"
+    assert {"python", "tandemlm", "dspy", "torch", "transformers"} <= set(got["versions"])
+    task = got["tasks"]["legal"]
+    for key in ("config_hash", "metric", "cost", "singles", "best_single", "cheapest_within_1pt",
+                "cascade", "parity_cost_fraction", "curve_auc", "singles_auc", "test_curve",
+                "judge_features", "n_train", "n_test"):
+        assert key in task, key
+    assert set(task["metric"]) == {"name", "value", "stderr"} and task["metric"]["stderr"] > 0
+    assert set(task["best_single"]) >= {"model", "accuracy", "cost"}
+    assert set(task["cascade"]) >= {"accuracy", "cost", "cost_fraction", "stages", "thresholds"}
+    assert len(task["config_hash"]) == 64
+    per_example = (out / "legal" / "eval" / "results.jsonl").read_text().splitlines()
+    assert len(per_example) == task["n_test"]
+    assert "| legal |" in (out / "results.md").read_text()
+
+
+def test_single_models_and_the_cascade_are_measured_on_the_real_recorded_answers(results):
+    _, got = results
+    task = got["tasks"]["legal"]
+    test = read_replay_file(EXCERPT).rows[1::2]
+    for model, figures in task["singles"].items():  # each model alone, from the raw file
+        assert figures["accuracy"] == pytest.approx(
+            sum(bool(r["models"][model]["correct"]) for r in test) / len(test))
+        assert figures["cost"] == pytest.approx(sum(r["models"][model]["cost_usd"] for r in test) / len(test))
+    best = max(task["singles"].values(), key=lambda f: (f["accuracy"], -f["cost"]))
+    assert task["best_single"]["model"] == best["model"]
+    cascade = task["cascade"]
+    # the offline evaluation of the chosen configuration is what the compiled program really did
+    assert cascade["accuracy"] == pytest.approx(cascade["accuracy_evaluated"])
+    assert cascade["accuracy"] == pytest.approx(task["metric"]["value"])
+    assert cascade["cost"] == pytest.approx(task["cost"]["per_example_usd"])
+    assert cascade["cost_fraction"] == pytest.approx(cascade["cost"] / best["cost"])
+    assert cascade["train_accuracy"] >= cascade["train_target"] - 1e-9  # chosen on train only
+    near = task["cheapest_within_1pt"]
+    assert near["accuracy"] >= best["accuracy"] - 0.01 and near["cost"] <= best["cost"]
+    if task["parity_cost_fraction"] is not None:
+        parity = [p for p in task["test_curve"] if len(p["stages"]) > 1
+                  and p["quality"] >= best["accuracy"] - 1e-12]
+        assert parity and min(p["cost"] for p in parity) / best["cost"] \
+            <= task["parity_cost_fraction"] + 1e-12
+    assert 0 < task["singles_auc"] <= task["curve_auc"] <= 1
+
+
+def test_the_compiled_task_loads_from_its_recorded_source_and_answers_alike(results, data_dir):
+    out, got = results
+    program = json.loads((out / "split" / "compiled" / "program.json").read_text())
+    assert program["source"].startswith("tandemlm.suites.replay:build(")
+    task = suite(data_dir, scorer=False).task("split")
+    again = evaluate(load(out / "split" / "compiled"), task.test, task.metric, progress=False)
+    assert again.score == pytest.approx(got["tasks"]["split"]["metric"]["value"])
+
+
+def test_config_hash_follows_what_determines_the_results(data_dir):
+    a, b = (suite(data_dir, scorer=False).task("legal") for _ in range(2))
+    assert a.config_hash() == b.config_hash()
+    b.passes[-1].max_stages = 2
+    assert a.config_hash() != b.config_hash()
+
+
+def test_a_failing_task_is_recorded_and_the_others_still_run(data_dir, tmp_path):
+    replay = suite(data_dir, scorer=False)
+    broken = replay.task("lone")
+    broken.program = "tandemlm.suites.replay:build(models=['no-such-model', 'gpt-4'], data=[])"
+    replay.tasks["lone"] = broken
+    got = run_suite(replay, tmp_path, tasks=["lone", "split"], progress=False)
+    assert "error" in got["tasks"]["lone"] and "metric" in got["tasks"]["split"]
+
+
+# -- suite files -------------------------------------------------------------------------------
+def test_a_toml_suite_file_includes_python_suites_and_declares_tasks(data_dir, tmp_path):
+    half = read_replay_file(EXCERPT).rows
+    _write_rows(tmp_path / "train.jsonl", half[0:200:2])
+    _write_rows(tmp_path / "test.jsonl", half[1:200:2])
+    (tmp_path / "suite.toml").write_text(f"""
+name = "mine"
+[[include]]
+suite = "replay"
+tasks = ["split"]
+options = {{ data = "{data_dir}", scorer = false }}
+
+[[task]]
+name = "own"
+program = "tandemlm.suites.overruling:build(data='{EXCERPT}')"
+train = "train.jsonl"
+test = "test.jsonl"
+metric = "tandemlm.suites.overruling:metric"
+passes = ["Calibrate(match=1.0)"]
+""")
+    loaded = load_suite(str(tmp_path / "suite.toml"))
+    assert loaded.name == "mine" and loaded.names() == ["split", "own"]
+    own = loaded.task("own")
+    assert len(own.train) == 100 and type(own.passes[0]).__name__ == "Calibrate"
+    yaml_file = tmp_path / "suite.yaml"
+    yaml_file.write_text(f"name: y\ninclude:\n  - suite: replay\n    tasks: [legal]\n"
+                         f"    options: {{data: '{data_dir}', scorer: false}}\n")
+    assert load_suite(str(yaml_file)).names() == ["legal"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name = 'x'\n", "names no tasks"),
+    ("name = 'x'\nbogus = 1\n", "unknown key"),
+    ("name = \n", "not valid TOML"),
+    ("[[task]]\nname = 'a'\n", "each \\[\\[task\\]\\] needs"),
+    ("[[include]]\nsuite = 'nonesuch'\n", "unknown suite"),
+])
+def test_bad_suite_files_are_clear_errors(tmp_path, text, message):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_suite(str(path))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_suite(str(tmp_path / "missing.toml"))
+
+
+def test_load_program_calls_a_builder_with_literal_options_only():
+    pipe = load_program(f"tandemlm.suites.overruling:build(data='{EXCERPT}', max_length=64)")
+    assert pipe.name == "overruling_cascade"
+    with pytest.raises(ConfigError, match="not a literal"):
+        load_program("tandemlm.suites.overruling:build(data=open('x'))")
+    with pytest.raises(ConfigError, match="keyword arguments"):
+        load_program("tandemlm.suites.overruling:build('x')")
+
+
+# -- the command line -------------------------------------------------------------------------
+def test_tandem_suite_and_tandem_report_on_the_command_line(data_dir, tmp_path):
+    runner = CliRunner()
+    listed = runner.invoke(app, ["suite", "replay", "--data", str(data_dir), "--list"])
+    assert listed.exit_code == 0 and "fams/odd" in listed.output
+    ran = runner.invoke(app, ["suite", "replay", "--data", str(data_dir), "--tasks", "lone",
+                              "--out", str(tmp_path / "r")])
+    assert ran.exit_code == 0, ran.output
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["tasks"]["lone"]["metric"]
+    report = runner.invoke(app, ["report", str(tmp_path / "r")])
+    assert report.exit_code == 0 and (tmp_path / "r" / "report.html").is_file()
+    bad = runner.invoke(app, ["suite", "replay", "--data", str(tmp_path / "nowhere")])
+    assert bad.exit_code == 2 and "does not exist" in " ".join(bad.output.split())
