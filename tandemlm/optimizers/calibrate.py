@@ -44,11 +44,14 @@ class Point:
     thresholds: tuple[float, ...]
     quality: float
     cost: float
+    #: standard error of the mean per-example difference from the best single stage, counting
+    #: one disagreement more than seen (0 for single stages)
+    se: float = 0.0
 
     def to_dict(self, names: list[str]) -> dict[str, Any]:
         return {"stages": [names[s] for s in self.chain], "order": list(self.chain),
                 "thresholds": [json_threshold(x) for x in self.thresholds], "quality": self.quality,
-                "cost": self.cost}
+                "cost": self.cost, "se": self.se}
 
 
 def json_threshold(value: float) -> float | str:
@@ -71,6 +74,8 @@ class _Table:
         self.scores = [np.array([np.nan if s is None else s for s in r.scores] or [np.nan] * len(r.usd))
                        for r in runs]
         self.judged = [bool(r.scores) for r in runs]
+        #: per-example quality a point is compared with (the best single stage's), if set
+        self.reference: np.ndarray | None = None
         self._chained: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
 
     def score(self, s: int, before: tuple[int, ...]) -> np.ndarray:
@@ -127,7 +132,11 @@ def _point(t: _Table, chain: tuple[int, ...], scores: list[np.ndarray], combo: t
         open_ &= ~stop
     cost += open_ * t.cost[last]
     right += open_ * t.correct[last]
-    return Point(chain, tuple(float(x) for x in combo), float(right.mean()), float(cost.mean()))
+    se = 0.0
+    if t.reference is not None:  # one more disagreement than seen: no luck on a small set
+        d = right - t.reference
+        se = float(np.sqrt(((d - d.mean()) ** 2).sum() + 1.0) / n)
+    return Point(chain, tuple(float(x) for x in combo), float(right.mean()), float(cost.mean()), se)
 
 
 def point_at(t: _Table, chain: list[int], thresholds: list[float]) -> Point:
@@ -140,14 +149,17 @@ def point_at(t: _Table, chain: list[int], thresholds: list[float]) -> Point:
 def cost_quality_points(runs: list[StageRun], judges: list[Any], *, max_stages: int = 3,
                         grid: int = 25, order: str = "any") -> tuple[_Table, list[Point]]:
     """Every chain of up to `max_stages` stages (judged stages first; with order="cost" only
-    chains from cheaper to dearer stages) at every threshold combination, scored offline."""
+    chains from cheaper to dearer stages) at every threshold combination, scored offline; each
+    point's `se` is the standard error of its per-example difference from the best single stage."""
     table = _Table(runs, judges)
     stages = list(range(len(runs)))
     if order == "cost":
         stages.sort(key=lambda s: float(table.cost[s].mean()))
     chains = itertools.combinations if order == "cost" else itertools.permutations
-    points: list[Point] = []
-    for length in range(1, min(max_stages, len(runs)) + 1):
+    points = [p for s in stages for p in _chain_points(table, (s,), grid)]
+    best = max(points, key=lambda p: (p.quality, -p.cost))
+    table.reference = table.correct[best.chain[0]]
+    for length in range(2, min(max_stages, len(runs)) + 1):
         for chain in chains(stages, length):
             if all(table.judged[s] for s in chain[:-1]):
                 points += _chain_points(table, chain, grid)
@@ -175,6 +187,11 @@ class Calibrate(Pass):
         grid: thresholds tried per judged stage (quantiles of its scores).
         order: "any" tries every order of the stages; "cost" only chains going from cheaper to
             dearer stages (fewer chains, less overfitting when there are many stages).
+        z: with `match`, how many standard errors of its per-example difference from the best
+            single stage a point's quality must clear the target by (single stages need not). 0
+            takes the cheapest point at the target; 1 guards against points that reach it on a
+            small calibration set by luck: the error counts one disagreement more than seen, so
+            a chain that never differs from the best stage there must still beat it.
         nodes: cascades to calibrate (paths or names); default: all.
     """
 
@@ -183,6 +200,7 @@ class Calibrate(Pass):
     max_stages: int = 3
     grid: int = 25
     order: str = "any"
+    z: float = 0.0
     nodes: list[str] | None = None
 
     name = "calibrate"
@@ -229,7 +247,7 @@ class Calibrate(Pass):
         best_single = max(singles, key=lambda p: (p.quality, -p.cost))
         if self.match is not None:
             target = self.match * best_single.quality
-            feasible = [p for p in points if p.quality >= target - 1e-12]
+            feasible = [p for p in points if p.quality - target >= self.z * p.se - 1e-12]
             chosen = min(feasible, key=lambda p: (p.cost, -p.quality))
         else:
             target = self.budget

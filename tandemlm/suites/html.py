@@ -34,7 +34,7 @@ from typing import Any
 
 from tandemlm.optimizers.artifacts import atomic_write
 from tandemlm.runtime import ConfigError
-from tandemlm.suites.run import slug
+from tandemlm.suites.run import frac, pct, slug
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em;
@@ -109,14 +109,6 @@ def _e(value: Any) -> str:
     return escape(str(value))
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.1f}"
-
-
-def _frac(x: float | None) -> str:
-    return "—" if x is None else f"{x:.3f}"
-
-
 def _cost(x: float | None) -> str:
     return "—" if x is None else f"{x:.2e}"
 
@@ -162,17 +154,17 @@ def summary_row(name: str, task: dict[str, Any]) -> str:
                            f"{_e(task['error'])}</td>"])
     metric = task.get("metric") or {}
     cells = [link, _num(_e(task.get("n_test", "—"))), _e(metric.get("name", "—")),
-             _num(f"{_pct(metric.get('value'))} ± {_pct(metric.get('stderr'))}")]
+             _num(f"{pct(metric.get('value'))} ± {pct(metric.get('stderr'))}")]
     cascade = task.get("cascade")
     if not cascade:  # a program without a cascade has only its metric
         return _row(cells + [""] * (len(SUMMARY_HEAD) - len(cells)))
     best, near = task["best_single"], task["cheapest_within_1pt"]
     return _row(cells + [
-        f"{_e(best['model'])} ({_pct(best['accuracy'])}, {_cost(best['cost'])})",
-        f"{_e(near['model'])} ({_pct(near['accuracy'])}, {_cost(near['cost'])})",
-        f"{_stages(cascade['stages'])} ({_pct(cascade['accuracy'])}, {_cost(cascade['cost'])})",
-        _num(_frac(cascade.get("cost_fraction"))), _num(_frac(task.get("parity_cost_fraction"))),
-        _num(f"{_frac(task.get('curve_auc'))} ({_frac(task.get('singles_auc'))})"),
+        f"{_e(best['model'])} ({pct(best['accuracy'])}, {_cost(best['cost'])})",
+        f"{_e(near['model'])} ({pct(near['accuracy'])}, {_cost(near['cost'])})",
+        f"{_stages(cascade['stages'])} ({pct(cascade['accuracy'])}, {_cost(cascade['cost'])})",
+        _num(frac(cascade.get("cost_fraction"))), _num(frac(task.get("parity_cost_fraction"))),
+        _num(f"{frac(task.get('curve_auc'))} ({frac(task.get('singles_auc'))})"),
         _won(task.get("judge_features"))])
 
 
@@ -216,12 +208,12 @@ def singles_table(task: dict[str, Any]) -> str:
     unit = _e(task.get("cost_unit", "usd"))
     head = ["Model", "Test accuracy (%)", f"Test cost/example ({unit})", "Train accuracy (%)",
             f"Train cost/example ({unit})"]
-    rows = [_row([_e(s["model"]), _num(_pct(s["accuracy"])), _num(_cost(s["cost"])),
-                  _num(_pct(s.get("train_accuracy"))), _num(_cost(s.get("train_cost")))])
+    rows = [_row([_e(s["model"]), _num(pct(s["accuracy"])), _num(_cost(s["cost"])),
+                  _num(pct(s.get("train_accuracy"))), _num(_cost(s.get("train_cost")))])
             for s in task["singles"].values()]
     cascade = task["cascade"]
-    rows.append(_row([f"cascade: {_stages(cascade['stages'])}", _num(_pct(cascade["accuracy"])),
-                      _num(_cost(cascade["cost"])), _num(_pct(cascade.get("train_accuracy"))),
+    rows.append(_row([f"cascade: {_stages(cascade['stages'])}", _num(pct(cascade["accuracy"])),
+                      _num(_cost(cascade["cost"])), _num(pct(cascade.get("train_accuracy"))),
                       _num(_cost(cascade.get("train_cost")))], cls="cascade"))
     return _table(head, rows)
 
@@ -229,7 +221,7 @@ def singles_table(task: dict[str, Any]) -> str:
 def judge_table(stages: dict[str, Any]) -> str:
     """Per cascade stage: the features chosen, training rows, held-out AUC per feature subset."""
     def aucs(scores: dict[str, float | None]) -> str:
-        return ", ".join(f"{_e(k or '(none)')} {_frac(v)}" for k, v in scores.items()) or "—"
+        return ", ".join(f"{_e(k or '(none)')} {frac(v)}" for k, v in scores.items()) or "—"
 
     rows = [_row([_e(stage), _e(" + ".join(d.get("features") or []) or "(none)"),
                   _num(_e(d.get("rows", "—"))), aucs(d.get("held_out_auc") or {})])

@@ -9,13 +9,15 @@ Every `*.jsonl` in the directory named like `X_train.jsonl`, `X_test.jsonl` or `
 * rows carrying several model families (`family`) give one task per family, `X/family`.
 
 A task's program is a cascade over every model recorded for it, cheapest first (by mean recorded
-cost on the train split), each stage judged by a `FeatureJudge`: a MiniLM cross-encoder on
-(question, answer) — the prompt where a row has no bare question — the model's recorded
-confidence where the data has one, and agreement with earlier stages' answers. The compile trains
-the cross-encoder on three quarters of the train split (`TrainScorer`); on the other quarter
-`FitJudges` picks the judge features and `Calibrate(match=1.0)` picks the stages, their order and
-thresholds to reach the best single model's train accuracy at least cost. Nothing depends on the
-files shipped today: any file in that format is a task.
+cost on the train split), each stage judged by a `FeatureJudge`: the model's recorded confidence
+where the data has one, agreement with earlier stages' answers, and — where the rows have a bare
+question and the train split has at least `SCORER_MIN_ROWS` rows — a MiniLM cross-encoder on
+(question, answer). With the cross-encoder, the compile trains it on three quarters of the train
+split (`TrainScorer`) and fits the rest on the other quarter; without it, everything fits on the
+whole train split: `FitJudges` picks the judge features and `Calibrate(match=1.0, z=1)` picks the
+stages (cheap to dear, up to four), their thresholds, to reach the best single model's train
+accuracy at least cost. Nothing depends on the files shipped today: any file in that format is a
+task.
 
 An answer is right when the source judged the model that gave exactly that text right
 (`recorded_correct`), which also covers benchmarks without a gold answer.
@@ -40,6 +42,8 @@ from tandemlm.runtime.backends.recorded import read_replay_file
 from tandemlm.suites.suite import Suite, Task
 
 DEFAULT_DIR = Path("../shared/data/replay")
+#: train rows from which a task also gets a text scorer: fewer cannot both train it and calibrate
+SCORER_MIN_ROWS = 500
 _NAME = re.compile(r"^(?P<stem>.+)_(?P<split>train|test|all)\.jsonl$")
 
 
@@ -151,8 +155,14 @@ def build(data: list[str], models: list[str], *, scorer: bool = True, confidence
     return Pipeline([Cascade(stages)], name=name)
 
 
-def task(spec: dict[str, Any], *, scorer: bool = True, epochs: int = 2, seed: int = 0) -> Task:
-    """The suite task for one discovered replay benchmark."""
+def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3, seed: int = 0) -> Task:
+    """The suite task for one discovered replay benchmark.
+
+    Args:
+        scorer: judge with a MiniLM cross-encoder too; None: where the rows have a bare question
+            (a long few-shot prompt would be cut before the question) and the train split has at
+            least `SCORER_MIN_ROWS` rows.
+    """
     train_pairs, test_pairs = splits(spec)
     train_rows = [r for r, _ in train_pairs]
     models = models_by_cost(train_rows)
@@ -161,12 +171,14 @@ def task(spec: dict[str, Any], *, scorer: bool = True, epochs: int = 2, seed: in
                           f"row; a cascade needs at least two")
     has_confidence = any(r["models"][m].get("confidence") is not None for r in train_rows for m in models)
     bare = all(r.get("question") for r in train_rows)
+    if scorer is None:
+        scorer = bare and len(train_rows) >= SCORER_MIN_ROWS
     files = sorted({f for f in (spec["train"], spec["test"], spec["by_index"]) if f})
     options = {"data": [str(Path(f).resolve()) for f in files], "models": models, "scorer": scorer,
                "confidence": has_confidence, "text_field": "question" if bare else "prompt"}
     train = [_example(r, f) for r, f in train_pairs]
     fit, val = [x for i, x in enumerate(train) if i % 4 != 0], [x for i, x in enumerate(train) if i % 4 == 0]
-    passes = [FitJudges(), Calibrate(match=1.0, order="cost", max_stages=4)]
+    passes = [FitJudges(), Calibrate(match=1.0, order="cost", max_stages=4, z=1.0)]
     if scorer:
         passes.insert(0, TrainScorer(train_encoder=True, epochs=epochs))
     program = f"tandemlm.suites.replay:build({', '.join(f'{k}={v!r}' for k, v in options.items())})"
@@ -177,7 +189,7 @@ def task(spec: dict[str, Any], *, scorer: bool = True, epochs: int = 2, seed: in
                                        f"{', '.join(models)}")
 
 
-def suite(data: str | Path | None = None, *, scorer: bool = True, epochs: int = 2) -> Suite:
+def suite(data: str | Path | None = None, *, scorer: bool | None = None, epochs: int = 3) -> Suite:
     """Every replay task in `data` (default: `default_dir()`)."""
     root = data or default_dir()
     if root is None:

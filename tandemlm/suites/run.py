@@ -204,11 +204,13 @@ def curve_auc(points: list[Point], top_cost: float) -> float:
 
 
 # -- tables ----------------------------------------------------------------------------------------
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
+    """A fraction as a percentage with one decimal ("—" when missing)."""
     return "—" if x is None else f"{100 * x:.1f}"
 
 
-def _frac(x: float | None) -> str:
+def frac(x: float | None) -> str:
+    """A fraction with three decimals ("—" when missing)."""
     return "—" if x is None else f"{x:.3f}"
 
 
@@ -224,12 +226,12 @@ def markdown_table(results: dict[str, Any]) -> str:
         m = t["metric"]
         best, near, cas = t.get("best_single"), t.get("cheapest_within_1pt"), t.get("cascade")
         lines.append(
-            f"| {name} | {t['n_test']} | {m['name']} | {_pct(m['value'])} | ± | {_pct(m['stderr'])} | "
-            + (f"{best['model']} ({_pct(best['accuracy'])}, {best['cost']:.2e}) | "
-               f"{near['model']} ({_pct(near['accuracy'])}) | "
-               f"{' → '.join(cas['stages'])} ({_pct(cas['accuracy'])}, {cas['cost']:.2e}) | "
-               f"{_frac(cas['cost_fraction'])} | {_frac(t['parity_cost_fraction'])} | "
-               f"{_frac(t['curve_auc'])} |" if best else "| | | | | |"))
+            f"| {name} | {t['n_test']} | {m['name']} | {pct(m['value'])} | ± | {pct(m['stderr'])} | "
+            + (f"{best['model']} ({pct(best['accuracy'])}, {best['cost']:.2e}) | "
+               f"{near['model']} ({pct(near['accuracy'])}) | "
+               f"{' → '.join(cas['stages'])} ({pct(cas['accuracy'])}, {cas['cost']:.2e}) | "
+               f"{frac(cas['cost_fraction'])} | {frac(t['parity_cost_fraction'])} | "
+               f"{frac(t['curve_auc'])} |" if best else "| | | | | |"))
     return "\n".join(lines)
 
 
@@ -245,13 +247,13 @@ def results_table(results: dict[str, Any]) -> Table:
             out.add_row(name, "", "[red]error[/red]", t["error"][:60], "", "", "", "")
             continue
         m, best, cas = t["metric"], t.get("best_single"), t.get("cascade")
-        value = f"{_pct(m['value'])} ± {_pct(m['stderr'])}"
+        value = f"{pct(m['value'])} ± {pct(m['stderr'])}"
         if not best:
             out.add_row(name, str(t["n_test"]), value, "", "", "", "", "")
             continue
-        out.add_row(name, str(t["n_test"]), value, f"{best['model']} {_pct(best['accuracy'])}",
-                    " → ".join(cas["stages"]), _frac(cas["cost_fraction"]),
-                    _frac(t["parity_cost_fraction"]), _frac(t["curve_auc"]))
+        out.add_row(name, str(t["n_test"]), value, f"{best['model']} {pct(best['accuracy'])}",
+                    " → ".join(cas["stages"]), frac(cas["cost_fraction"]),
+                    frac(t["parity_cost_fraction"]), frac(t["curve_auc"]))
     return out
 
 

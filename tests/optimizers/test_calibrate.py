@@ -140,3 +140,40 @@ def test_bad_targets_and_pipelines_without_a_cascade_are_refused(data):
                             prompt_field="prompt", key_field="id")])
     with pytest.raises(CompileError, match="no cascade"):
         compile(plain, _examples(), metric, passes=[Calibrate(match=1.0)], progress=False)
+
+
+def test_cost_order_searches_only_chains_from_cheaper_to_dearer_stages(data, tmp_path):
+    compiled = compile(_build(data), _examples(), metric, out_dir=tmp_path / "out",
+                       passes=[Calibrate(budget=0.005, order="cost")], progress=False)
+    price = {"cheap": 0.001, "mid": 0.004, "strong": 0.02}
+    curve = json.loads((tmp_path / "out" / "curves" / "01-cascade" / "curve.json").read_text())
+    assert len(curve["frontier"]) > 1
+    for point in curve["frontier"]:
+        assert [price[s] for s in point["stages"]] == sorted(price[s] for s in point["stages"])
+    assert compiled.compile_report[0].details["cascade"]["chosen"]["stages"] == ["mid"]
+
+
+def test_z_makes_a_chain_clear_the_target_by_its_standard_error(data):
+    plain, guarded = (compile(_build(data), _examples(), metric, progress=False,
+                              passes=[Calibrate(match=0.9, z=z)]).compile_report[0].details["cascade"]
+                      for z in (0.0, 1.0))
+    assert plain["chosen"]["stages"] == ["cheap", "strong"] and plain["chosen"]["quality"] == 0.9
+    # cheap -> strong differs from strong on the 4 fooled questions: its error, counting one
+    # disagreement more, is sqrt(4 * 0.9² + 36 * 0.1² + 1) / 40 ≈ 0.054, so 0.9 no longer clears
+    chosen = guarded["chosen"]
+    assert chosen["quality"] - guarded["target"] >= chosen["se"] - 1e-12 or len(chosen["stages"]) == 1
+    assert chosen["cost"] > plain["chosen"]["cost"] and chosen["quality"] > plain["chosen"]["quality"]
+
+
+def test_an_infinite_threshold_never_stops_there_and_is_saved_as_json(data, tmp_path):
+    pipe = _build(data)
+    cascade = pipe.nodes["cascade"]
+    names = [s.name for s in cascade.solvers]
+    cascade.set_state({"order": [names.index("cheap"), names.index("strong")],
+                       "thresholds": ["inf" if n == "cheap" else 0.5 for n in names]})
+    state = json.loads(json.dumps(cascade.state(), allow_nan=False))
+    assert state["thresholds"][names.index("cheap")] == "inf"
+    result = evaluate(pipe, _examples(), metric, progress=False)
+    assert result.score == 1.0  # strong answered everything
+    assert all(r.result.trace[0].info["answered_by"] == names.index("strong") for r in result.records)
+    assert result.summary["total_cost_usd"] / N == pytest.approx(0.001 + 0.02)
