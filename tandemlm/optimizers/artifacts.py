@@ -31,6 +31,10 @@ SCHEMA = "tandemlm.program/1"
 _PATH_KEYS = ("id", "adapter")
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask (only settable) and put it back
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write via a temporary file and rename: a crash never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,6 +44,7 @@ def atomic_write(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it (mkstemp makes it private)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

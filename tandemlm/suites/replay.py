@@ -155,13 +155,16 @@ def build(data: list[str], models: list[str], *, scorer: bool = True, confidence
     return Pipeline([Cascade(stages)], name=name)
 
 
-def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3, seed: int = 0) -> Task:
+def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3, z: float = 1.0,
+         seed: int = 0) -> Task:
     """The suite task for one discovered replay benchmark.
 
     Args:
         scorer: judge with a MiniLM cross-encoder too; None: where the rows have a bare question
             (a long few-shot prompt would be cut before the question) and the train split has at
             least `SCORER_MIN_ROWS` rows.
+        epochs: the cross-encoder's training epochs.
+        z: `Calibrate`'s guard against a lucky chain on a small calibration set (0: none).
     """
     train_pairs, test_pairs = splits(spec)
     train_rows = [r for r, _ in train_pairs]
@@ -178,7 +181,7 @@ def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3, s
                "confidence": has_confidence, "text_field": "question" if bare else "prompt"}
     train = [_example(r, f) for r, f in train_pairs]
     fit, val = [x for i, x in enumerate(train) if i % 4 != 0], [x for i, x in enumerate(train) if i % 4 == 0]
-    passes = [FitJudges(), Calibrate(match=1.0, order="cost", max_stages=4, z=1.0)]
+    passes = [FitJudges(), Calibrate(match=1.0, order="cost", max_stages=4, z=z)]
     if scorer:
         passes.insert(0, TrainScorer(train_encoder=True, epochs=epochs))
     program = f"tandemlm.suites.replay:build({', '.join(f'{k}={v!r}' for k, v in options.items())})"
@@ -189,13 +192,14 @@ def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3, s
                                        f"{', '.join(models)}")
 
 
-def suite(data: str | Path | None = None, *, scorer: bool | None = None, epochs: int = 3) -> Suite:
-    """Every replay task in `data` (default: `default_dir()`)."""
+def suite(data: str | Path | None = None, *, scorer: bool | None = None, epochs: int = 3,
+          z: float = 1.0) -> Suite:
+    """Every replay task in `data` (default: `default_dir()`); options as `task`'s."""
     root = data or default_dir()
     if root is None:
         raise ConfigError("the replay suite needs its data: pass --data DIR (a directory of "
                           "replay .jsonl files, such as shared/data/replay) or set TANDEM_REPLAY_DIR")
     specs = discover(root)
-    return Suite(name="replay", tasks={s["name"]: (lambda s=s: task(s, scorer=scorer, epochs=epochs))
+    return Suite(name="replay", tasks={s["name"]: (lambda s=s: task(s, scorer=scorer, epochs=epochs, z=z))
                                        for s in specs},
                  description=f"cascades over recorded real models, from {root}")

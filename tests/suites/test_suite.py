@@ -242,3 +242,14 @@ def test_tandem_suite_and_tandem_report_on_the_command_line(data_dir, tmp_path):
     assert report.exit_code == 0 and (tmp_path / "r" / "report.html").is_file()
     bad = runner.invoke(app, ["suite", "replay", "--data", str(tmp_path / "nowhere")])
     assert bad.exit_code == 2 and "does not exist" in " ".join(bad.output.split())
+
+
+def test_the_overruling_suite_is_the_demo_compile_as_a_task():
+    overruling = load_suite("overruling")
+    task = overruling.task("overruling")
+    assert overruling.names() == ["overruling"]
+    assert [type(p).__name__ for p in task.passes] == ["TrainScorer", "Calibrate"]
+    assert load_program(task.program).name == "overruling_cascade"
+    assert len(task.train) + len(task.val) + len(task.test) == len(read_replay_file(EXCERPT).rows)
+    with pytest.raises(ConfigError, match="unknown suite"):
+        load_suite("nonesuch")
