@@ -1,0 +1,205 @@
+"""`openai`: any OpenAI-compatible server (vLLM's, llama.cpp's, Ollama's, a hosted API).
+
+Chat requests (`messages`) go to `POST {base_url}/chat/completions`, raw prompts to
+`POST {base_url}/completions`. A batch is sent as concurrent HTTP requests (at most
+`max_concurrency` in flight), one per request, and comes back in order: one result per request,
+a failed request failing alone with its error.
+
+Faults: 429, 500, 502, 503 and 504 answers, timeouts, dropped connections and unparsable bodies
+are retried up to `max_retries` times with exponential backoff and full jitter (`backoff` seconds
+doubling, at most `max_backoff`), honouring a `Retry-After` header; other 4xx answers fail at once
+with the server's message. With several base URLs (a fleet of servers) requests are spread over
+them and a retry goes to the next one.
+
+The API key is read from the environment variable `api_key_env` (default OPENAI_API_KEY) and never
+stored in a Model's options, so compiled artifacts never hold it.
+
+    large = Model("openai", "gpt-4o-mini", base_url="https://api.openai.com/v1", price=(0.15, 0.6))
+    local = Model("openai", "qwen", base_url=["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"])
+"""
+
+from __future__ import annotations
+
+import email.utils
+import itertools
+import json
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from tandemlm.runtime.backend import Backend
+from tandemlm.runtime.errors import ConfigError
+from tandemlm.runtime.types import GenRequest, GenResult
+
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class _Retry(Exception):
+    """A fault worth another attempt; `wait` is the server's Retry-After, when it sent one."""
+
+    def __init__(self, message: str, wait: float | None = None) -> None:
+        super().__init__(message)
+        self.wait = wait
+
+
+class OpenAIBackend(Backend):
+    """See the module docstring. Options: base_url (one URL or a list), api_key_env,
+    max_concurrency, timeout (seconds per request), max_retries, backoff, max_backoff,
+    extra_body (fields added to every request body)."""
+
+    name = "openai"
+    remote = True
+
+    def __init__(self, model_id: str, *, base_url: str | list[str] | None = None,
+                 api_key_env: str = "OPENAI_API_KEY", max_concurrency: int = 8, timeout: float = 60.0,
+                 max_retries: int = 5, backoff: float = 0.5, max_backoff: float = 30.0,
+                 extra_body: dict[str, Any] | None = None, **unknown: Any) -> None:
+        if unknown:
+            raise ConfigError(f"unknown openai backend options: {', '.join(sorted(unknown))}"
+                              + ("; give the key through the environment (api_key_env=NAME), "
+                                 "never as an option" if "api_key" in unknown else ""))
+        urls = [base_url] if isinstance(base_url, str) else list(base_url or [])
+        if not urls or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls):
+            raise ConfigError(f"openai model '{model_id}' needs base_url='http(s)://host[:port]/v1' "
+                              f"(or a list of them), got {base_url!r}")
+        if max_concurrency < 1 or max_retries < 0 or timeout <= 0:
+            raise ConfigError("openai backend: max_concurrency >= 1, max_retries >= 0, timeout > 0")
+        super().__init__(model_id)
+        self.urls = [u.rstrip("/") for u in urls]
+        self.api_key_env, self.timeout = api_key_env, float(timeout)
+        self.max_concurrency, self.max_retries = int(max_concurrency), int(max_retries)
+        self.backoff, self.max_backoff = float(backoff), float(max_backoff)
+        self.extra_body = dict(extra_body or {})
+        self._next_url = itertools.count()
+        self._lock = threading.Lock()
+        self._client: httpx.Client | None = None
+
+    def identity(self) -> str:
+        return f"{self.model_id}@{','.join(self.urls)}"
+
+    def _http(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                key = os.environ.get(self.api_key_env)
+                headers = {"Authorization": f"Bearer {key}"} if key else {}
+                limits = httpx.Limits(max_connections=self.max_concurrency * len(self.urls))
+                self._client = httpx.Client(headers=headers, timeout=self.timeout, limits=limits)
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    # -- requests ------------------------------------------------------------------------------
+    def body(self, request: GenRequest) -> tuple[str, dict[str, Any]]:
+        """(endpoint path, JSON body) of one request."""
+        body: dict[str, Any] = {"model": self.model_id, "max_tokens": request.max_new_tokens,
+                                "temperature": request.temperature, "top_p": request.top_p,
+                                "n": request.n, **self.extra_body}
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.messages is not None:
+            return "/chat/completions", {**body, "messages": [dict(m) for m in request.messages]}
+        return "/completions", {**body, "prompt": request.prompt}
+
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        if not requests:
+            return []
+        self._http()
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests))) as pool:
+            return list(pool.map(self._one, requests))
+
+    def _one(self, request: GenRequest) -> GenResult:
+        path, body = self.body(request)
+        start = time.perf_counter()
+        last = ""
+        first = next(self._next_url)  # requests take turns over the servers; a retry moves on
+        for attempt in range(self.max_retries + 1):
+            url = self.urls[(first + attempt) % len(self.urls)] + path
+            try:
+                return self._parse(self._post(url, body), path, time.perf_counter() - start)
+            except _Retry as fault:
+                last = str(fault)
+                if attempt == self.max_retries:
+                    break
+                time.sleep(self._delay(attempt, fault.wait))
+            except _Fatal as fault:
+                return GenResult.failed(str(fault), time.perf_counter() - start)
+        return GenResult.failed(f"openai model '{self.model_id}': gave up after "
+                                f"{self.max_retries + 1} attempts; last error: {last}",
+                                time.perf_counter() - start)
+
+    def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self._http().post(url, json=body)
+        except httpx.TimeoutException:
+            raise _Retry(f"{url}: no answer within {self.timeout:g} s") from None
+        except httpx.TransportError as exc:  # refused, reset, dropped mid-answer
+            raise _Retry(f"{url}: connection failed ({type(exc).__name__}: {exc})") from None
+        if response.status_code in RETRY_STATUS:
+            raise _Retry(f"{url}: HTTP {response.status_code} {_message(response)}",
+                         _retry_after(response.headers.get("retry-after")))
+        if response.status_code >= 400:
+            raise _Fatal(f"{url}: HTTP {response.status_code} {_message(response)} (not retried: "
+                         f"check the model name, the request and the API key in "
+                         f"${self.api_key_env})")
+        try:
+            data = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _Retry(f"{url}: the answer is not JSON ({response.text[:80]!r})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not data["choices"]:
+            raise _Retry(f"{url}: the answer has no 'choices' ({str(data)[:80]})")
+        return data
+
+    def _parse(self, data: dict[str, Any], path: str, latency: float) -> GenResult:
+        choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+        try:
+            texts = [c["message"]["content"] or "" if path == "/chat/completions" else c["text"]
+                     for c in choices]
+        except (KeyError, TypeError):
+            raise _Retry(f"a choice without {'message.content' if 'chat' in path else 'text'}: "
+                         f"{str(choices[0])[:80]}") from None
+        usage = data.get("usage") or {}
+        return GenResult(texts=texts, tokens_in=usage.get("prompt_tokens"),
+                         tokens_out=usage.get("completion_tokens"), latency_s=latency,
+                         finish_reason=choices[0].get("finish_reason") or "stop")
+
+    def _delay(self, attempt: int, wait: float | None) -> float:
+        if wait is not None:
+            return min(wait, self.max_backoff)
+        return random.uniform(0, min(self.max_backoff, self.backoff * 2 ** attempt))  # full jitter
+
+
+class _Fatal(Exception):
+    """A fault another attempt would not mend (a 4xx other than 429)."""
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error")
+        return str(error.get("message") if isinstance(error, dict) else error or "")[:200]
+    except Exception:  # a non-JSON error page
+        return response.text[:200]
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
