@@ -88,6 +88,48 @@ def report_command(
     console.print(f"report written to {path}")
 
 
+def _named(spec: str, what: str) -> tuple[str, str]:
+    name, sep, value = spec.partition("=")
+    if not sep or not name or not value:
+        raise TandemError(f"{what} '{spec}' must look like NAME=VALUE")
+    return name, value
+
+
+@app.command("serve")
+def serve_command(
+    model: list[str] = typer.Option([], "--model", help="NAME=BACKEND:ID, e.g. tiny=hf:./my-model "
+                                                        "(repeatable)"),
+    program: list[str] = typer.Option([], "--program", help="NAME=PROGRAM.py:NAME or NAME=ARTIFACT_DIR "
+                                                            "(repeatable)"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port"),
+    window_ms: float = typer.Option(10.0, "--window-ms", help="how long a request waits for others "
+                                                              "to share its batch"),
+    max_batch: int = typer.Option(64, "--max-batch"),
+) -> None:
+    """Serve models and compiled pipelines behind OpenAI-compatible endpoints (micro-batched)."""
+    from tandemlm.runtime import Model
+    from tandemlm.serve import create_app
+
+    try:
+        models = {}
+        for spec in model:
+            name, target = _named(spec, "--model")
+            backend, sep, model_id = target.partition(":")
+            if not sep:
+                raise TandemError(f"--model '{spec}': give BACKEND:ID, e.g. {name}=hf:./my-model")
+            models[name] = Model(backend, model_id, name=name)
+        programs = {name: load_any_program(target)
+                    for name, target in (_named(spec, "--program") for spec in program)}
+        server = create_app(models, programs, window_s=window_ms / 1000, max_batch=max_batch)
+    except TandemError as exc:
+        _fail(exc)
+    import uvicorn
+
+    console.print(f"serving {', '.join([*models, *programs])} at http://{host}:{port}/v1")
+    uvicorn.run(server, host=host, port=port, log_level="warning")
+
+
 @app.command("eval")
 def eval_command(
     program: str = typer.Argument(..., help="PROGRAM.py:NAME or module:NAME of a Pipeline, or a "
