@@ -7,9 +7,9 @@ within `window_s` of each other for the same name are micro-batched into one bac
 most `max_batch`), which is where local models get their throughput.
 
 A pipeline's inputs come from the last user message (or the prompt): the text itself when the
-pipeline has one input field, else a JSON object of its inputs. Its reply is its output field's
-value when it has one final output field (one no node reads), else a JSON object of those. A failed example answers
-HTTP 500 with the pipeline's error message; it never affects the other requests of its batch.
+pipeline has one input field, else a JSON object of its inputs. Its reply is the value of its
+final output field (one no node reads) when it has one, else a JSON object of those. A failed
+example answers HTTP 500 with the pipeline's error message; the rest of its batch is unaffected.
 
     app = create_app(models={"tiny": Model("hf", "./tiny")}, programs={"cascade": pipeline})
     uvicorn.run(app, host="127.0.0.1", port=8000)
