@@ -166,13 +166,16 @@ def compile_command(
                                           "Name(option=literal, ...) or MODULE:Class"),
     seed: int = typer.Option(0, "--seed", help="seeds every pass's randomness"),
     batch_size: int = typer.Option(64, "--batch-size", help="examples per executor batch"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="do not keep model calls in "
+                                                            "OUT/calls.sqlite (memory only)"),
 ) -> None:
     """Compile a program: run passes over its traces and write a loadable artifact."""
     try:
         steps = parse_passes(passes)
         compiled = compile(load_program(program), train, load_object(metric, "metric"),
                            passes=steps, valset=val, out_dir=out, source=program_source(program),
-                           seed=seed, batch_size=batch_size, reporter=RichReporter(console))
+                           seed=seed, batch_size=batch_size, reporter=RichReporter(console),
+                           cache=not no_cache)
     except TandemError as exc:
         _fail(exc)
     console.print(report_table(compiled.compile_report, "val" if val is not None else "train"))

@@ -86,6 +86,13 @@ def test_compile_resumes_in_the_same_out_dir(project):
     assert "(resumed)" in result.output and "trainset" in result.output
 
 
+def test_no_cache_keeps_no_call_file(project, tmp_path):
+    result = invoke(*compile_args(project, "--no-cache"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "program.json").is_file()
+    assert not (tmp_path / "out" / "calls.sqlite").exists()
+
+
 def test_unknown_pass_lists_the_known_ones(project):
     result = invoke(*compile_args(project, "--passes", "Bootstrap(k=2)"))
     assert result.exit_code == 2

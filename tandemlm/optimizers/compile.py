@@ -88,7 +88,7 @@ def _as_passes(passes: Iterable[Pass]) -> list[Pass]:
 def compile(pipeline: Pipeline, trainset: Any, metric: Metric, *, passes: Sequence[Pass],
             valset: Any = None, out_dir: str | Path | None = None, source: str | None = None,
             seed: int = 0, threshold: float | None = None, batch_size: int = 64,
-            progress: bool = True, reporter: Reporter | None = None) -> Pipeline:
+            progress: bool = True, reporter: Reporter | None = None, cache: bool = True) -> Pipeline:
     """Compile `pipeline`; see the module docstring.
 
     Args:
@@ -101,6 +101,8 @@ def compile(pipeline: Pipeline, trainset: Any, metric: Metric, *, passes: Sequen
         source: how to rebuild the program ("file.py:NAME"), recorded so `load(out_dir)` works.
         seed: seeds every pass's randomness.
         threshold: metric value from which an example passes (default: truthy).
+        cache: keep model calls in `out_dir/calls.sqlite` (a re-run pays no call twice); False
+            keeps them in memory for this run only.
     """
     steps = _as_passes(passes)
     train = load_data(trainset)
@@ -111,8 +113,9 @@ def compile(pipeline: Pipeline, trainset: Any, metric: Metric, *, passes: Sequen
     out.mkdir(parents=True, exist_ok=True)
     reporter = reporter or (RichReporter() if progress else Reporter())
     _start_record(out, _inputs_key(pipeline, out, train, val, metric, seed), reporter)
-    store = TraceStore(metric, cache=CallCache(out / "calls.sqlite"), threshold=threshold,
-                       batch_size=batch_size, progress=progress)
+    calls = CallCache(out / "calls.sqlite" if cache else None)
+    store = TraceStore(metric, cache=calls, threshold=threshold, batch_size=batch_size,
+                       progress=progress)
     split = "val" if val else "train"
     current = copy.deepcopy(pipeline)
     reports: list[PassReport] = []

@@ -133,3 +133,73 @@ def test_sqlite_cache_survives_a_new_instance(tmp_path):
     assert len(model.backend.history) == 1 and reopened.hits == 1
     assert again == first
 
+
+
+# -- the sqlite file: damage, bounds, concurrent writers ------------------------------------------
+def _fill(path, texts, name="file"):
+    model = scripted(name, reply="ok")
+    cache = CallCache(path)
+    with use_cache(cache):
+        model.generate([ask(t) for t in texts])
+    cache.close()
+    return model
+
+
+def test_a_damaged_cache_file_is_moved_aside_and_rebuilt(tmp_path):
+    import pytest
+
+    path = tmp_path / "calls.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.warns(UserWarning, match="unreadable"):
+        cache = CallCache(path)
+    assert len(cache) == 0 and list(tmp_path.glob("calls.sqlite.corrupt-*"))
+    model = scripted("damaged", reply="ok")
+    with use_cache(cache):
+        assert model.generate([ask("x")])[0].text == "ok"
+    assert len(cache) == 1
+
+
+def test_a_damaged_entry_is_dropped_and_recomputed(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "calls.sqlite"
+    _fill(path, ["a"], "entry")
+    db = sqlite3.connect(path)
+    db.execute("UPDATE calls SET value = '{broken'")
+    db.commit()
+    db.close()
+    model = scripted("entry", reply="ok")
+    with use_cache(CallCache(path)):
+        assert model.generate([ask("a")])[0].text == "ok"
+    assert len(model.backend.history) == 1  # recomputed, not crashed on
+    with use_cache(CallCache(path)):
+        model.generate([ask("a")])
+    assert len(model.backend.history) == 1  # and stored again
+
+
+def test_max_entries_keeps_the_newest(tmp_path):
+    cache = CallCache(tmp_path / "calls.sqlite", max_entries=3)
+    model = scripted("bounded", reply="ok")
+    with use_cache(cache):
+        model.generate([ask(f"q{i}") for i in range(5)])
+        assert len(cache) == 3
+        model.generate([ask("q4"), ask("q0")])  # q4 is kept, q0 was evicted
+    assert [m.messages[0]["content"] for m in model.backend.history][-1:] == ["q0"]
+
+
+def _writer(path: str, start: int) -> None:
+    _fill(path, [f"w{i}" for i in range(start, start + 200)], f"writer{start}")
+
+
+def test_concurrent_writer_processes_lose_nothing(tmp_path):
+    import multiprocessing
+
+    path = str(tmp_path / "calls.sqlite")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, start)) for start in (0, 100, 200)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert len(CallCache(path)) == 600  # three models (distinct fingerprints), 200 requests each
