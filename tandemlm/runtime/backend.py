@@ -113,6 +113,7 @@ def registered_backends() -> list[str]:
 register_backend("hf", "tandemlm.runtime.backends.hf:HFBackend")
 register_backend("hf-classifier", "tandemlm.runtime.backends.hf_classifier:HFClassifierBackend")
 register_backend("dspy", "tandemlm.runtime.backends.dspy_bridge:DSPyBackend")
+register_backend("vllm", "tandemlm.runtime.backends.vllm_backend:VLLMBackend")
 register_backend("openai", "tandemlm.runtime.backends.openai_http:OpenAIBackend")
 register_backend("recorded", "tandemlm.runtime.backends.recorded:RecordedBackend")
 register_backend("scripted", "tandemlm.testing:ScriptedBackend")

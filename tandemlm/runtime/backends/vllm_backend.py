@@ -1,0 +1,151 @@
+"""`vllm`: vLLM's offline engine (`vllm.LLM`) on a GPU (`pip install 'tandemlm[vllm]'`).
+
+One engine per base model and engine options, shared by every tandem Model on that base: a
+fine-tuned small node (`Model("vllm", base, adapter="adapters/01-solve")`) is served as a LoRA
+adapter on its base model's engine (`enable_lora=True`, a `LoRARequest` per request), so several
+small nodes share one engine and one copy of the weights. `gpu_memory_utilization` splits a GPU
+when a small and a large model share it.
+
+* `generate`: all chat requests of a batch in one `LLM.chat` call and all raw prompts in one
+  `LLM.generate` call, each request with its own `SamplingParams` (n, temperature, top_p, seed,
+  stop, max_tokens); if vLLM rejects the batch, requests run one by one so a bad one fails alone.
+* `logprobs`: continuation scoring from `prompt_logprobs` (the prompt rendered with the model's
+  chat template, each continuation appended, one token generated).
+
+    small = Model("vllm", "Qwen/Qwen2.5-0.5B-Instruct", gpu_memory_utilization=0.3, max_lora_rank=16)
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from tandemlm.runtime.backend import Backend
+from tandemlm.runtime.errors import ConfigError
+from tandemlm.runtime.types import GenRequest, GenResult, ScoreRequest, ScoreResult
+
+_ENGINES: dict[tuple, Any] = {}
+_ADAPTER_IDS: dict[str, int] = {}
+_LOCK = threading.Lock()
+ENGINE_OPTIONS = ("dtype", "seed", "gpu_memory_utilization", "max_model_len", "max_lora_rank",
+                  "max_loras", "tensor_parallel_size", "enforce_eager", "trust_remote_code")
+
+
+def _vllm() -> Any:
+    try:
+        import vllm
+    except ImportError:
+        raise ConfigError("backend 'vllm' needs vLLM on a CUDA machine: pip install 'tandemlm[vllm]'; "
+                          "elsewhere use backend 'hf'") from None
+    return vllm
+
+
+class VLLMBackend(Backend):
+    """See the module docstring. Options: adapter (a LoRA adapter directory) and the engine
+    options in `ENGINE_OPTIONS` (passed to `vllm.LLM`)."""
+
+    name = "vllm"
+    supports_logprobs = True
+
+    def __init__(self, model_id: str, *, adapter: str | None = None, **options: Any) -> None:
+        unknown = sorted(set(options) - set(ENGINE_OPTIONS))
+        if unknown:
+            raise ConfigError(f"unknown vllm backend options: {', '.join(unknown)}; engine options: "
+                              f"{', '.join(ENGINE_OPTIONS)}")
+        super().__init__(model_id, **options)
+        self.adapter = adapter
+        self.engine_options = dict(options)
+
+    def identity(self) -> str:
+        return self.model_id
+
+    # -- engine ----------------------------------------------------------------------------------
+    def engine(self) -> Any:
+        """The shared `vllm.LLM` of this base model and engine options (LoRA always enabled, so
+        adapters of any node can join it later)."""
+        key = (self.model_id, tuple(sorted(self.engine_options.items())))
+        with _LOCK:
+            if key not in _ENGINES:
+                options = {"max_lora_rank": 16, **self.engine_options}
+                _ENGINES[key] = _vllm().LLM(model=self.model_id, enable_lora=True, **options)
+            return _ENGINES[key]
+
+    def lora(self) -> Any:
+        """This model's `LoRARequest` (None without an adapter); ids are unique per adapter path."""
+        if self.adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        with _LOCK:
+            lora_id = _ADAPTER_IDS.setdefault(self.adapter, len(_ADAPTER_IDS) + 1)
+        return LoRARequest(lora_name=f"adapter-{lora_id}", lora_int_id=lora_id, lora_path=self.adapter)
+
+    @staticmethod
+    def sampling(request: GenRequest) -> Any:
+        return _vllm().SamplingParams(n=request.n, temperature=request.temperature, top_p=request.top_p,
+                                      seed=request.seed, stop=list(request.stop) or None,
+                                      max_tokens=request.max_new_tokens)
+
+    # -- generation ------------------------------------------------------------------------------
+    def generate(self, requests: list[GenRequest]) -> list[GenResult]:
+        results: list[GenResult | None] = [None] * len(requests)
+        chats = [i for i, r in enumerate(requests) if r.messages is not None]
+        raws = [i for i, r in enumerate(requests) if r.messages is None]
+        for group, chat in ((chats, True), (raws, False)):
+            if group:
+                for i, result in zip(group, self._run([requests[i] for i in group], chat), strict=True):
+                    results[i] = result
+        return results  # type: ignore[return-value]
+
+    def _run(self, requests: list[GenRequest], chat: bool) -> list[GenResult]:
+        try:
+            return self._call(requests, chat)
+        except Exception as exc:
+            if len(requests) == 1:
+                return [GenResult.failed(f"vllm: {type(exc).__name__}: {exc}")]
+            return [self._run([r], chat)[0] for r in requests]  # isolate the bad request
+
+    def _call(self, requests: list[GenRequest], chat: bool) -> list[GenResult]:
+        llm, params = self.engine(), [self.sampling(r) for r in requests]
+        if chat:
+            outputs = llm.chat([[dict(m) for m in r.messages] for r in requests], params,
+                               use_tqdm=False, lora_request=self.lora())
+        else:
+            outputs = llm.generate([r.prompt for r in requests], params, use_tqdm=False,
+                                   lora_request=self.lora())
+        return [GenResult(texts=[o.text for o in out.outputs], tokens_in=len(out.prompt_token_ids or []),
+                          tokens_out=sum(len(o.token_ids) for o in out.outputs),
+                          finish_reason=out.outputs[0].finish_reason or "stop")
+                for out in outputs]
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def logprobs(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        llm = self.engine()
+        tokenizer = llm.get_tokenizer()
+        prompts, spans = [], []
+        for request in requests:
+            head = tokenizer.apply_chat_template([dict(m) for m in request.messages], tokenize=False,
+                                                 add_generation_prompt=True) \
+                if request.messages is not None else request.prompt
+            start = len(tokenizer.encode(head, add_special_tokens=False))
+            for continuation in request.continuations:
+                full = head + continuation
+                prompts.append(full)
+                spans.append((start, len(tokenizer.encode(full, add_special_tokens=False))))
+        params = _vllm().SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        try:
+            outputs = llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora())
+        except Exception as exc:
+            return [ScoreResult(error=f"vllm: {type(exc).__name__}: {exc}") for _ in requests]
+        per_token = []
+        for out, (start, end) in zip(outputs, spans, strict=True):
+            ids = out.prompt_token_ids[start:end]
+            steps = out.prompt_logprobs[start:end]
+            per_token.append([float(step[t].logprob) for t, step in zip(ids, steps, strict=True)])
+        results, k = [], 0
+        for request in requests:
+            tokens = per_token[k:k + len(request.continuations)]
+            k += len(request.continuations)
+            results.append(ScoreResult(logprobs=[sum(t) for t in tokens], token_logprobs=tokens,
+                                       tokens_in=sum(len(t) for t in tokens)))
+        return results
