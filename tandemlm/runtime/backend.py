@@ -35,6 +35,8 @@ class Backend:
     supports_train: ClassVar[bool] = False
     #: True when the model runs on someone else's machine (private fields must never reach it).
     remote: ClassVar[bool] = False
+    #: True when an instance's options decide its capabilities (e.g. `openai` with logprobs=True)
+    instance_capabilities: ClassVar[bool] = False
 
     def __init__(self, model_id: str, **options: Any) -> None:
         self.model_id = model_id

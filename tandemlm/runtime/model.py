@@ -142,7 +142,9 @@ class Model:
         return supports(backend_class(self.backend_name), "train")
 
     def supports(self, capability: str) -> bool:
-        return supports(backend_class(self.backend_name), capability)
+        cls = backend_class(self.backend_name)
+        # a backend whose capabilities follow its options answers for its instance
+        return supports(self.backend if cls.instance_capabilities else cls, capability)
 
     def require(self, capability: str) -> None:
         require(self.backend, capability, self.name)

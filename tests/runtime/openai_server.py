@@ -80,6 +80,16 @@ class FaultyServer:
         if action == "badjson":
             self._send_raw(h, 200, b'{"choices": [ {"oops"')
             return
+        if body.get("echo") and body.get("logprobs") is not None:  # prompt log-probabilities
+            words, offsets, at = text.split(" "), [], 0
+            for w in words:
+                offsets.append(at)
+                at += len(w) + 1
+            values = [None] + [-0.25 if w == "Yes" else -0.5 for w in words[1:]]
+            self._send(h, 200, {"choices": [{"index": 0, "text": text + " x", "logprobs": {
+                "tokens": words + [" x"], "token_logprobs": values + [-1.0],
+                "text_offset": offsets + [len(text)]}}]})
+            return
         n = body.get("n", 1)
         reply = f"echo: {text}"
         choice = (lambda i: {"index": i, "message": {"role": "assistant", "content": reply},

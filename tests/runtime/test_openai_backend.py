@@ -114,3 +114,19 @@ def test_bad_options_are_config_errors():
         Model("openai", "m").generate([_chat("x")])
     with pytest.raises(ConfigError, match="through the environment"):
         Model("openai", "m", base_url="http://127.0.0.1:1/v1", api_key="sk-secret").generate([_chat("x")])
+
+
+def test_with_logprobs_it_scores_continuations_from_echoed_prompt_logprobs(server):
+    from tandemlm.runtime import ScoreRequest
+
+    s = server({"Is it? Yes": ["429"]})
+    plain, scoring = _model(s.url), _model(s.url, logprobs=True)
+    assert not plain.supports("logprobs") and scoring.supports("logprobs")
+    (scored, chat) = scoring.logprobs([
+        ScoreRequest(continuations=(" Yes", " No thanks"), prompt="Is it?"),
+        ScoreRequest(continuations=(" Yes",), messages=({"role": "user", "content": "Is it?"},))])
+    assert scored.ok and scored.token_logprobs == [[-0.25], [-0.5, -0.5]]
+    assert scored.logprobs == [-0.25, -1.0]
+    assert not chat.ok and "raw prompts" in chat.error
+    body = next(r["body"] for r in s.received if r["text"] == "Is it? No thanks")
+    assert body["echo"] is True and body["logprobs"] == 0 and body["max_tokens"] == 1

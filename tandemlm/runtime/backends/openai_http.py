@@ -14,6 +14,12 @@ them and a retry goes to the next one.
 The API key is read from the environment variable `api_key_env` (default OPENAI_API_KEY) and never
 stored in a Model's options, so compiled artifacts never hold it.
 
+With `logprobs=True` the model also scores continuations (`logprobs`, for yes/no judges): each
+(prompt + continuation) is sent to `/completions` with `echo`, `logprobs=0` and one new token, and
+the continuation's tokens are found by their `text_offset` — servers that return prompt
+log-probabilities this way (vLLM's, llama.cpp's) support it. Chat-message score requests need the
+chat template applied, which the server's `/completions` does not do: send them as raw prompts.
+
     large = Model("openai", "gpt-4o-mini", base_url="https://api.openai.com/v1", price=(0.15, 0.6))
     local = Model("openai", "qwen", base_url=["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"])
 """
@@ -34,7 +40,7 @@ import httpx
 
 from tandemlm.runtime.backend import Backend
 from tandemlm.runtime.errors import ConfigError
-from tandemlm.runtime.types import GenRequest, GenResult
+from tandemlm.runtime.types import GenRequest, GenResult, ScoreRequest, ScoreResult
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
@@ -54,11 +60,13 @@ class OpenAIBackend(Backend):
 
     name = "openai"
     remote = True
+    instance_capabilities = True  # logprobs=True declares scoring
 
     def __init__(self, model_id: str, *, base_url: str | list[str] | None = None,
                  api_key_env: str = "OPENAI_API_KEY", max_concurrency: int = 8, timeout: float = 60.0,
                  max_retries: int = 5, backoff: float = 0.5, max_backoff: float = 30.0,
-                 extra_body: dict[str, Any] | None = None, **unknown: Any) -> None:
+                 extra_body: dict[str, Any] | None = None, logprobs: bool = False,
+                 **unknown: Any) -> None:
         if unknown:
             raise ConfigError(f"unknown openai backend options: {', '.join(sorted(unknown))}"
                               + ("; give the key through the environment (api_key_env=NAME), "
@@ -75,6 +83,7 @@ class OpenAIBackend(Backend):
         self.max_concurrency, self.max_retries = int(max_concurrency), int(max_retries)
         self.backoff, self.max_backoff = float(backoff), float(max_backoff)
         self.extra_body = dict(extra_body or {})
+        self.supports_logprobs = bool(logprobs)  # the server must return prompt log-probabilities
         self._next_url = itertools.count()
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
@@ -159,6 +168,48 @@ class OpenAIBackend(Backend):
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not data["choices"]:
             raise _Retry(f"{url}: the answer has no 'choices' ({str(data)[:80]})")
         return data
+
+    # -- scoring -------------------------------------------------------------------------------
+    def logprobs(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        jobs = [(i, c) for i, r in enumerate(requests) for c in r.continuations]
+        with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(jobs)))) as pool:
+            scored = list(pool.map(lambda job: self._score(requests[job[0]], job[1]), jobs))
+        results = [ScoreResult() for _ in requests]
+        for (i, _), (tokens, error) in zip(jobs, scored, strict=True):
+            if error is not None:
+                results[i].error = error
+            elif results[i].ok:
+                results[i].token_logprobs.append(tokens)
+                results[i].logprobs.append(sum(tokens))
+        return results
+
+    def _score(self, request: ScoreRequest, continuation: str) -> tuple[list[float], str | None]:
+        if request.prompt is None:
+            return [], (f"openai model '{self.model_id}' scores raw prompts only: the server's "
+                        f"/completions does not apply the chat template to messages")
+        body = {"model": self.model_id, "prompt": request.prompt + continuation, "max_tokens": 1,
+                "temperature": 0.0, "echo": True, "logprobs": 0, **self.extra_body}
+        for attempt in range(self.max_retries + 1):
+            url = self.urls[(next(self._next_url) + attempt) % len(self.urls)] + "/completions"
+            try:
+                data = self._post(url, body)
+            except _Retry as fault:
+                if attempt == self.max_retries:
+                    return [], f"openai model '{self.model_id}': gave up scoring: {fault}"
+                time.sleep(self._delay(attempt, fault.wait))
+                continue
+            except _Fatal as fault:
+                return [], str(fault)
+            found = (data["choices"][0].get("logprobs") or {})
+            offsets, values = found.get("text_offset"), found.get("token_logprobs")
+            if not offsets or not values:
+                return [], (f"{url}: the server returned no prompt log-probabilities; it cannot "
+                            f"score (use logprobs=False)")
+            start = len(request.prompt)
+            tokens = [float(v) for o, v in zip(offsets, values, strict=False)
+                      if start <= o < start + len(continuation) and v is not None]
+            return tokens, None if tokens else f"{url}: no tokens of the continuation were scored"
+        return [], "unreachable"
 
     def _parse(self, data: dict[str, Any], path: str, latency: float) -> GenResult:
         choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
