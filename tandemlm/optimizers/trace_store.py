@@ -104,7 +104,7 @@ class TraceStore:
     def __init__(self, metric: Metric, *, cache: CallCache | None = None,
                  threshold: float | None = None, batch_size: int = 64, progress: bool = True) -> None:
         self.metric, self.threshold = metric, threshold
-        self.cache = cache or CallCache()
+        self.cache = cache if cache is not None else CallCache()
         self.batch_size, self.progress = batch_size, progress
 
     def run(self, pipeline: Pipeline, examples: list[dict[str, Any]]) -> Traces:

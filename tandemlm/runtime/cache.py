@@ -87,6 +87,9 @@ class CallCache:
             raise
         return db
 
+    def __bool__(self) -> bool:  # a cache is a cache even while empty (`cache or default`)
+        return True
+
     def __len__(self) -> int:
         if self._db is not None:
             return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
