@@ -82,6 +82,7 @@ class HFBackend(TransformersBackend):
 
     name = "hf"
     supports_logprobs = True
+    supports_next_token_logits = True  # see next_token_logits
     supports_train = True  # LoRA adapters, see train_lora
 
     def __init__(self, model_id: str, *, device: str = "auto", dtype: str = "auto",
@@ -278,6 +279,26 @@ class HFBackend(TransformersBackend):
         text = decode_continuation(self._tokenizer, prompt[-_PREFIX_TOKENS:], body)
         text, hit_stop = cut_at_stop(text, stops)
         return text, used, hit_eos or hit_stop
+
+    # ---- token-level mixing --------------------------------------------------------------------
+    def next_token_logits(self, requests: list[GenRequest]) -> Any:
+        """A `LogitSession` over the prompts of `requests` (rendered as `generate` renders them)."""
+        from tandemlm.runtime.backends.hf_logits import LogitSession
+
+        model, tokenizer = self._load()
+        prompts = [encode_prompt(tokenizer, render_prompt(tokenizer, r.messages, r.prompt)) for r in requests]
+        return LogitSession(model, prompts, model.generation_config.pad_token_id)
+
+    def vocabulary(self) -> dict[str, int]:
+        """Token -> id (models mixed per token must share it)."""
+        return self._load()[1].get_vocab()
+
+    def eos_ids(self) -> set[int]:
+        self._load()
+        return set(self._eos_ids)
+
+    def decode(self, prompt: list[int], new: list[int]) -> str:
+        return decode_continuation(self._load()[1], prompt[-_PREFIX_TOKENS:], new)
 
     # ---- scoring -------------------------------------------------------------------------------
 
