@@ -15,6 +15,6 @@ from tandemlm.modules.score import Score
 from tandemlm.modules.solve import Solve
 from tandemlm.modules.verify import Verify
 
-__all__ = ["Agreement", "AnswerLogprob", "BestOfN", "Cascade", "Decompose", "FeatureJudge", "Judge", "LogitMix",
-           "Map", "NodeJudge", "PrivateSplit", "Rank", "Rectify", "Retrieve", "Score", "Solve", "Stage",
-           "Term", "Verify"]
+__all__ = ["Agreement", "AnswerLogprob", "BestOfN", "Cascade", "Decompose", "FeatureJudge", "Judge",
+           "LogitMix", "Map", "NodeJudge", "PrivateSplit", "Rank", "Rectify", "Retrieve", "Score", "Solve",
+           "Stage", "Term", "Verify"]
