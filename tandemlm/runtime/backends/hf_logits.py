@@ -8,6 +8,7 @@ model on one new token per row. The hf backend opens sessions (`next_token_logit
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -23,14 +24,17 @@ class LogitSession:
         self.device = next(model.parameters()).device
         self.pending, self.mask = left_pad(prompts, pad_id, self.device)
         self.past: Any = None
+        # transformers 5 names the KV cache `cache` (`past_key_values` is its deprecated alias)
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def next_logits(self) -> torch.Tensor:
         """Logits (float32, [rows, vocabulary]) of the token after each row's prefix."""
         positions = (self.mask.cumsum(-1) - 1).clamp(min=0)[:, -self.pending.shape[1]:]
         with torch.inference_mode():
             out = self.model(input_ids=self.pending, attention_mask=self.mask, position_ids=positions,
-                             past_key_values=self.past, use_cache=True)
-        self.past = out.past_key_values
+                             use_cache=True, **{self._cache_arg: self.past})
+        self.past = getattr(out, self._cache_arg)
         return out.logits[:, -1, :].float()
 
     def append(self, tokens: torch.Tensor) -> None:
