@@ -82,9 +82,12 @@ class LogitMix(Node):
         return [(t.model, {self.prompt_field}) for t in self.terms]
 
     def state(self) -> dict[str, Any]:
-        return {"weights": [t.weight for t in self.terms]}
+        return {"weights": [t.weight for t in self.terms], "models": [t.model for t in self.terms]}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        for term, model in zip(self.terms, state.get("models") or [], strict=False):
+            if model is not None:  # a fine-tuned expert replaces its base
+                term.model = model
         weights = state.get("weights")
         if weights is not None:
             if len(weights) != len(self.terms):

@@ -76,3 +76,28 @@ def test_different_vocabularies_and_bad_options_are_refused(models):
     recorded = Model("recorded", "gpt-4", data="unused.jsonl")
     with pytest.raises(Exception, match="next_token_logits"):
         LogitMix([Term(recorded)])
+
+
+def test_tune_mix_picks_the_weight_the_metric_prefers_and_refuses_pipelines_without_a_mix(models):
+    from tandemlm import compile
+    from tandemlm.modules import Solve
+    from tandemlm.optimizers import TuneMix
+    from tandemlm.runtime import CompileError
+
+    base = dict(zip(PROMPTS, _greedy(models["large"], 10), strict=True))
+    examples = [{"prompt": p} for p in PROMPTS]
+
+    def like_base(example, prediction, trace=None):  # the metric prefers the base model's text
+        return prediction.answer == base[example.prompt]
+
+    mix = LogitMix.proxy_tune(models["large"], models["small"], models["other"], alpha=3.0,
+                              max_tokens=10, name="mix")
+    compiled = compile(Pipeline([mix]), examples, like_base, passes=[TuneMix(alphas=[3.0, 0.0],
+                                                                             train_expert=False)],
+                       progress=False)
+    assert [t.weight for t in compiled.nodes["mix"].terms] == [1.0, 0.0, -0.0]
+    assert compiled.compile_report[0].details["mix"]["scores"] == {"3.0": pytest.approx(
+        compiled.compile_report[0].details["mix"]["scores"]["3.0"]), "0.0": 1.0}
+    solo = Pipeline([Solve("prompt -> answer", model=models["large"], prompt_field="prompt")])
+    with pytest.raises(CompileError, match="no LogitMix"):
+        compile(solo, examples, like_base, passes=[TuneMix()], progress=False)

@@ -25,7 +25,8 @@ class LogitSession:
         self.pending, self.mask = left_pad(prompts, pad_id, self.device)
         self.past: Any = None
         # transformers 5 names the KV cache `cache` (`past_key_values` is its deprecated alias)
-        params = inspect.signature(model.forward).parameters
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under PEFT
+        params = inspect.signature(base.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def next_logits(self) -> torch.Tensor:
