@@ -8,7 +8,7 @@ model) and picks α on the validation set by the format rate (the share of repli
 "Answer:"). Prints the test format rates of the large model alone, the expert alone and the
 compiled mix; the last line is one JSON object.
 
-    python programs/proxy_tune.py [--out runs/proxy_tune]
+    python programs/proxy_tune.py [--out runs/proxy_tune] [--train 200] [--epochs 12]
 """
 
 from __future__ import annotations
@@ -42,17 +42,19 @@ def formatted(example, prediction, trace=None) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/proxy_tune")
+    parser.add_argument("--train", type=int, default=200, help="training questions")
+    parser.add_argument("--epochs", type=int, default=12, help="expert LoRA epochs")
     args = parser.parse_args()
     out = Path(args.out)
     large = Model("hf", str(build_tiny_lm(out / "large", layers=3, hidden=96, seed=0)), name="large",
                   dtype="float32")
     small = Model("hf", str(build_tiny_lm(out / "small", layers=2, hidden=64, seed=1)), name="small",
                   dtype="float32")
-    train, val, test = questions(200, 0), questions(24, 1), questions(48, 2)
+    train, val, test = questions(args.train, 0), questions(24, 1), questions(48, 2)
     program = Pipeline([LogitMix.proxy_tune(large, small, small, alpha=1.0, max_tokens=8, stop=("\n",),
                                             name="mix")], name="proxy_tune")
     compiled = compile(program, train, formatted, valset=val, out_dir=out / "compiled", progress=False,
-                       passes=[TuneMix(alphas=[0.5, 1.0, 2.0, 4.0], epochs=12, lr=3e-3)])
+                       passes=[TuneMix(alphas=[0.5, 1.0, 2.0, 4.0], epochs=args.epochs, lr=3e-3)])
     mix = compiled.nodes["mix"]
     expert = mix.terms[1].model
     alone = Pipeline([Solve("prompt -> answer", model=large, prompt_field="prompt", max_tokens=8,
