@@ -41,18 +41,15 @@ from tandemlm.runtime.backends.hf_classifier import minilm_path
 from tandemlm.runtime.backends.recorded import read_replay_file
 from tandemlm.suites.suite import Suite, Task
 
-DEFAULT_DIR = Path("../shared/data/replay")
 #: train rows from which a task also gets a text scorer: fewer cannot both train it and calibrate
 SCORER_MIN_ROWS = 500
 _NAME = re.compile(r"^(?P<stem>.+)_(?P<split>train|test|all)\.jsonl$")
 
 
 def default_dir() -> Path | None:
-    """`TANDEM_REPLAY_DIR`, else ../shared/data/replay when it exists."""
+    """The directory named by `TANDEM_REPLAY_DIR`, if set."""
     env = os.environ.get("TANDEM_REPLAY_DIR")
-    if env:
-        return Path(env)
-    return DEFAULT_DIR if DEFAULT_DIR.is_dir() else None
+    return Path(env) if env else None
 
 
 def recorded_correct(example: Any, prediction: Any, trace: Any = None) -> bool:
@@ -198,7 +195,7 @@ def suite(data: str | Path | None = None, *, scorer: bool | None = None, epochs:
     root = data or default_dir()
     if root is None:
         raise ConfigError("the replay suite needs its data: pass --data DIR (a directory of "
-                          "replay .jsonl files, such as shared/data/replay) or set TANDEM_REPLAY_DIR")
+                          "replay .jsonl files) or set TANDEM_REPLAY_DIR")
     specs = discover(root)
     return Suite(name="replay", tasks={s["name"]: (lambda s=s: task(s, scorer=scorer, epochs=epochs, z=z))
                                        for s in specs},

@@ -14,7 +14,7 @@ or named by a small TOML or YAML file (paths are relative to the file)::
     [[include]]                        # tasks of a Python suite
     suite = "replay"                   # a built-in suite, or MODULE:FUNCTION returning a Suite
     tasks = ["overruling", "mmlu/llama"]
-    options = { data = "../shared/data/replay" }
+    options = { data = "data/replay" }
 
     [[task]]                           # a task of its own
     name = "mine"
