@@ -34,6 +34,7 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -130,22 +131,24 @@ class OpenAIBackend(Backend):
     def _one(self, request: GenRequest) -> GenResult:
         path, body = self.body(request)
         start = time.perf_counter()
-        last = ""
+        try:
+            return self._send(path, body, lambda data: self._parse(data, path, time.perf_counter() - start))
+        except _Fatal as fault:
+            return GenResult.failed(str(fault), time.perf_counter() - start)
+
+    def _send(self, path: str, body: dict[str, Any], read: Callable[[dict[str, Any]], Any]) -> Any:
+        """POST `body` and `read` the answer, retrying faults (see the module docstring); raises
+        `_Fatal` for a fault not worth retrying or once the retries are spent."""
         first = next(self._next_url)  # requests take turns over the servers; a retry moves on
         for attempt in range(self.max_retries + 1):
-            url = self.urls[(first + attempt) % len(self.urls)] + path
             try:
-                return self._parse(self._post(url, body), path, time.perf_counter() - start)
+                return read(self._post(self.urls[(first + attempt) % len(self.urls)] + path, body))
             except _Retry as fault:
-                last = str(fault)
                 if attempt == self.max_retries:
-                    break
+                    raise _Fatal(f"openai model '{self.model_id}': gave up after "
+                                 f"{self.max_retries + 1} attempts; last error: {fault}") from None
                 time.sleep(self._delay(attempt, fault.wait))
-            except _Fatal as fault:
-                return GenResult.failed(str(fault), time.perf_counter() - start)
-        return GenResult.failed(f"openai model '{self.model_id}': gave up after "
-                                f"{self.max_retries + 1} attempts; last error: {last}",
-                                time.perf_counter() - start)
+        raise AssertionError("unreachable")
 
     def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -189,27 +192,26 @@ class OpenAIBackend(Backend):
                         f"/completions does not apply the chat template to messages")
         body = {"model": self.model_id, "prompt": request.prompt + continuation, "max_tokens": 1,
                 "temperature": 0.0, "echo": True, "logprobs": 0, **self.extra_body}
-        for attempt in range(self.max_retries + 1):
-            url = self.urls[(next(self._next_url) + attempt) % len(self.urls)] + "/completions"
-            try:
-                data = self._post(url, body)
-            except _Retry as fault:
-                if attempt == self.max_retries:
-                    return [], f"openai model '{self.model_id}': gave up scoring: {fault}"
-                time.sleep(self._delay(attempt, fault.wait))
-                continue
-            except _Fatal as fault:
-                return [], str(fault)
-            found = (data["choices"][0].get("logprobs") or {})
-            offsets, values = found.get("text_offset"), found.get("token_logprobs")
-            if not offsets or not values:
-                return [], (f"{url}: the server returned no prompt log-probabilities; it cannot "
-                            f"score (use logprobs=False)")
-            start = len(request.prompt)
-            tokens = [float(v) for o, v in zip(offsets, values, strict=False)
-                      if start <= o < start + len(continuation) and v is not None]
-            return tokens, None if tokens else f"{url}: no tokens of the continuation were scored"
-        return [], "unreachable"
+        try:
+            return self._send("/completions", body, lambda data: self._prompt_logprobs(data, request.prompt,
+                                                                                      continuation)), None
+        except _Fatal as fault:
+            return [], str(fault)
+
+    @staticmethod
+    def _prompt_logprobs(data: dict[str, Any], prompt: str, continuation: str) -> list[float]:
+        """The continuation's token log-probabilities in an echoed /completions answer."""
+        found = data["choices"][0].get("logprobs") or {}
+        offsets, values = found.get("text_offset"), found.get("token_logprobs")
+        if not offsets or not values:
+            raise _Fatal("the server returned no prompt log-probabilities; it cannot score "
+                         "(use logprobs=False)")
+        start = len(prompt)
+        tokens = [float(v) for o, v in zip(offsets, values, strict=False)
+                  if start <= o < start + len(continuation) and v is not None]
+        if not tokens:
+            raise _Fatal("no tokens of the continuation were scored")
+        return tokens
 
     def _parse(self, data: dict[str, Any], path: str, latency: float) -> GenResult:
         choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
