@@ -24,6 +24,12 @@ from tandemlm.modules.judges import Judge, as_judge
 from tandemlm.runtime import ConfigError
 
 
+def json_threshold(value: float) -> float | str:
+    """A threshold as JSON can hold it: +inf ("never stop at this stage") as the string "inf",
+    which `float()` reads back."""
+    return value if math.isfinite(value) else "inf"
+
+
 @dataclass
 class Stage:
     """One cascade stage. The last stage needs no judge: it always answers."""
@@ -58,8 +64,7 @@ class Cascade(Composite):
 
     def state(self) -> dict[str, Any]:
         judges = {str(i): j.state() for i, j in enumerate(self.judges) if hasattr(j, "state")}
-        thresholds = [t if math.isfinite(t) else "inf" for t in self.thresholds]  # JSON-safe
-        return {"thresholds": thresholds, "order": list(self.order),
+        return {"thresholds": [json_threshold(t) for t in self.thresholds], "order": list(self.order),
                 **({"judges": judges} if judges else {})}
 
     def set_state(self, state: dict[str, Any]) -> None:

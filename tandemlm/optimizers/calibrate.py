@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import numpy as np
 from tandemlm.compose import Pipeline
 from tandemlm.optimizers.artifacts import atomic_write
 from tandemlm.optimizers.passes import CompileContext, Pass
-from tandemlm.modules.cascade import Cascade
+from tandemlm.modules.cascade import Cascade, json_threshold
 from tandemlm.optimizers.stage_runs import StageRun, cascade_inputs, cascades, run_every_stage
 from tandemlm.optimizers.trace_store import Traces
 from tandemlm.runtime import CompileError, ConfigError
@@ -54,10 +53,6 @@ class Point:
                 "cost": self.cost, "se": self.se}
 
 
-def json_threshold(value: float) -> float | str:
-    """A threshold as JSON can hold it: +inf ("never stop at this stage") as the string "inf",
-    which `float()` reads back."""
-    return value if math.isfinite(value) else "inf"
 
 
 class _Table:
@@ -114,8 +109,9 @@ def _chain_points(t: _Table, chain: tuple[int, ...], grid: int) -> list[Point]:
     judged = chain[:-1]
     if judged:
         grid = max(2, min(grid, round(COMBINATIONS ** (1 / len(judged)))))
-    scores = [np.nan_to_num(t.score(s, chain[:k]), nan=-np.inf) for k, s in enumerate(judged)]
-    grids = [t.thresholds(t.score(s, chain[:k]), grid) for k, s in enumerate(judged)]
+    raw = [t.score(s, chain[:k]) for k, s in enumerate(judged)]
+    grids = [t.thresholds(r, grid) for r in raw]
+    scores = [np.nan_to_num(r, nan=-np.inf) for r in raw]
     return [_point(t, chain, scores, combo) for combo in itertools.product(*grids)]
 
 

@@ -38,7 +38,7 @@ from rich.table import Table
 
 from tandemlm.evaluate import evaluate
 from tandemlm.evaluate.loading import load_program
-from tandemlm.modules.cascade import Cascade
+from tandemlm.modules.cascade import Cascade, json_threshold
 from tandemlm.optimizers import Calibrate, compile
 from tandemlm.optimizers.artifacts import atomic_write
 from tandemlm.optimizers.calibrate import Point, cost_quality_points, frontier, point_at
@@ -170,8 +170,8 @@ def _cascade_figures(task: Task, compiled: Any, path: str, cascade: Cascade, cac
         "cascade": {"accuracy": chosen.quality, "cost": chosen.cost,
                     "cost_fraction": chosen.cost / best.cost if best.cost else None,
                     "stages": [models[s] for s in chosen.chain], "order": list(chosen.chain),
-                    "thresholds": [cascade.thresholds[s] if s != chosen.chain[-1] else None
-                                   for s in chosen.chain],
+                    "thresholds": [json_threshold(cascade.thresholds[s]) if s != chosen.chain[-1]
+                                   else None for s in chosen.chain],
                     "train_accuracy": (calib.get("chosen") or {}).get("quality"),
                     "train_cost": (calib.get("chosen") or {}).get("cost"),
                     "train_target": calib.get("target")},
@@ -182,8 +182,6 @@ def _cascade_figures(task: Task, compiled: Any, path: str, cascade: Cascade, cac
         "test_curve": [{"stages": [models[s] for s in p.chain], "cost": p.cost, "quality": p.quality}
                        for p in frontier(points)],
     }
-    figures["cascade"]["thresholds"] = [t if t is None or t != float("inf") else "inf"
-                                        for t in figures["cascade"]["thresholds"]]
     if "fit_judges" in report:
         details = report["fit_judges"].details
         figures["judge_features"] = {
