@@ -11,25 +11,41 @@ pipeline has one input field, else a JSON object of its inputs. Its reply is the
 final output field (one no node reads) when it has one, else a JSON object of those. A failed
 example answers HTTP 500 with the pipeline's error message; the rest of its batch is unaffected.
 
+Bad requests get OpenAI's error shape, `{"error": {"message", "type", "param", "code"}}`, and a
+4xx status, and the server keeps serving: 400 for a body that is not a JSON object or a field of
+the wrong type (the message names the field; fields the server does not read, such as `user` or
+`frequency_penalty`, are accepted and ignored, as OpenAI does, but `stream` and `logprobs` are
+refused since they are not implemented), 404 for an unknown model or route, 405 for a wrong
+method, 413 for a body over `max_body_bytes` (1 MB by default, whether or not the client sends a
+Content-Length). With `api_key` set, every /v1 route requires `Authorization: Bearer <key>`
+(401 otherwise); `tandem serve --api-key-env VAR` reads the key from an environment variable.
+
     app = create_app(models={"tiny": Model("hf", "./tiny")}, programs={"cascade": pipeline})
     uvicorn.run(app, host="127.0.0.1", port=8000)
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the endpoints' `Request` annotation at
+# run time, and `Request` is imported inside `create_app` because FastAPI is an optional extra.
 import asyncio
+import hmac
+import ipaddress
 import json
-import queue
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from queue import Empty, Queue
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tandemlm.compose import Pipeline
 from tandemlm.runtime import ConfigError, GenRequest, GenResult, Model
+
+MAX_BODY_BYTES = 1_000_000
 
 
 @dataclass
@@ -39,7 +55,7 @@ class _Batcher:
     run: Callable[[list[Any]], list[Any]]
     window_s: float
     max_batch: int
-    queue: queue.Queue = field(default_factory=queue.Queue)
+    queue: Queue = field(default_factory=Queue)
     batches: list[int] = field(default_factory=list)  # sizes of the batches run, for stats
 
     def __post_init__(self) -> None:
@@ -60,17 +76,154 @@ class _Batcher:
                     break
                 try:
                     pending.append(self.queue.get(timeout=left))
-                except queue.Empty:
+                except Empty:
                     break
+            # A caller that gave up (its request task was cancelled) has cancelled its future;
+            # setting a result on it would raise and end this thread, so it is dropped here.
+            pending = [(item, future) for item, future in pending if future.set_running_or_notify_cancel()]
+            if not pending:
+                continue
             self.batches.append(len(pending))
             try:
                 results = self.run([item for item, _ in pending])
+                if len(results) != len(pending):
+                    raise RuntimeError(f"the backend answered {len(results)} of a batch of {len(pending)}")
             except Exception as exc:  # the whole batch failed: each caller learns why
                 for _, future in pending:
                     future.set_exception(exc)
                 continue
             for (_, future), result in zip(pending, results, strict=True):
                 future.set_result(result)
+
+
+# ---- requests ----------------------------------------------------------------------------------
+# Unlike tandem's config models these allow extra fields: OpenAI clients send many (`user`,
+# `frequency_penalty`, ...) that OpenAI itself ignores. Strict, so "12" is not an integer.
+
+class ChatMessage(BaseModel):
+    """One chat message; only `role` and `content` are read."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    role: str
+    content: str
+
+
+class _Sampling(BaseModel):
+    """The fields both endpoints read."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1)
+    seed: int | None = None
+    stop: list[str] | None = None
+    stream: bool | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class ChatRequest(_Sampling):
+    """The body of /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # newer clients' name for max_tokens
+    logprobs: bool | None = None
+
+
+class CompletionRequest(_Sampling):
+    """The body of /v1/completions."""
+
+    prompt: str
+    logprobs: int | None = None  # any value, 0 included, asks for log-probabilities
+
+
+class ApiError(Exception):
+    """An error answered to the client in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers
+
+    def response(self) -> Any:
+        from fastapi.responses import JSONResponse
+
+        kind = "server_error" if self.status >= 500 else "invalid_request_error"
+        return JSONResponse({"error": {"message": self.message, "type": kind, "param": self.param,
+                                       "code": self.code}}, status_code=self.status, headers=self.headers)
+
+
+_EXPECTED = {"missing": "is required", "model_type": "must be an object", "dict_type": "must be an object",
+             "too_short": "must be a non-empty list", "list_type": "must be a list",
+             "string_type": "must be a string", "int_type": "must be an integer",
+             "float_type": "must be a number", "bool_type": "must be true or false"}
+
+
+def _invalid(exc: ValidationError) -> ApiError:
+    """The first problem pydantic found, as a 400 naming the field and what it must be."""
+    error = exc.errors(include_url=False)[0]
+    param = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])[1:]
+    if error["type"] == "missing":
+        return ApiError(400, f"'{param}' is required", param)
+    bound = {"greater_than_equal": ">=", "less_than_equal": "<="}.get(error["type"])
+    expected = (f"must be {bound} {next(iter(error['ctx'].values()))}" if bound
+                else _EXPECTED.get(error["type"]) or f"is invalid: {error['msg']}")
+    got = json.dumps(error["input"], default=str)
+    return ApiError(400, f"'{param}' {expected}, got {got[:80]}{'...' if len(got) > 80 else ''}", param)
+
+
+def _refuse_unsupported(body: ChatRequest | CompletionRequest) -> None:
+    if body.stream:
+        raise ApiError(400, "streaming is not supported by tandem serve; omit 'stream' or set it "
+                            "to false", "stream")
+    if body.logprobs is not None and body.logprobs is not False:
+        raise ApiError(400, "tandem serve does not return log-probabilities; omit 'logprobs'", "logprobs")
+
+
+async def _read_json(request: Any, limit: int | None) -> dict[str, Any]:
+    """The request body as a JSON object; 413 as soon as it is known to pass `limit` bytes."""
+    too_large = ApiError(413, f"the request body is over the server's limit of {limit} bytes; send "
+                              f"less, or start the server with a larger --max-body-bytes")
+    declared = request.headers.get("content-length", "")
+    if limit is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():  # counted as it arrives: chunked bodies have no length
+        body += chunk
+        if limit is not None and len(body) > limit:
+            raise too_large
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON ({exc}); send a JSON object") from None
+    if not isinstance(value, dict):
+        kind = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+        raise ApiError(400, f"the request body must be a JSON object, got a JSON "
+                            f"{kind.get(type(value), 'null')}")
+    return value
+
+
+def _authorizer(api_key: str) -> Callable[[Any], None]:
+    from fastapi import Request
+
+    expected = api_key.encode()
+
+    def authorize(request: Request) -> None:  # a FastAPI dependency of every /v1 route
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise ApiError(401, "no API key: send the header 'Authorization: Bearer <key>'",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        # Starlette decodes headers as latin-1, so this gives back the bytes the client sent.
+        if not hmac.compare_digest(given.strip().encode("latin-1"), expected):
+            raise ApiError(401, "incorrect API key", code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+    return authorize
 
 
 def _pipeline_inputs(pipeline: Pipeline, text: str) -> dict[str, Any]:
@@ -96,11 +249,14 @@ def _pipeline_reply(pipeline: Pipeline, outputs: dict[str, Any]) -> str:
 
 
 def create_app(models: dict[str, Model] | None = None, programs: dict[str, Pipeline] | None = None, *,
-               window_s: float = 0.01, max_batch: int = 64) -> Any:
-    """A FastAPI app serving `models` and `programs` under their names; see the module docstring."""
+               window_s: float = 0.01, max_batch: int = 64, api_key: str | None = None,
+               max_body_bytes: int | None = MAX_BODY_BYTES) -> Any:
+    """A FastAPI app serving `models` and `programs` under their names; see the module docstring.
+    `api_key`, when given, is required as a bearer token on every /v1 route; `max_body_bytes`
+    caps a request body (None: no cap)."""
     try:
-        from fastapi import FastAPI, HTTPException
-        from fastapi.responses import JSONResponse
+        from fastapi import Depends, FastAPI, Request
+        from starlette.exceptions import HTTPException
     except ImportError:
         raise ConfigError("tandem serve needs FastAPI and uvicorn: pip install 'tandemlm[serve]'") from None
     models, programs = dict(models or {}), dict(programs or {})
@@ -109,78 +265,108 @@ def create_app(models: dict[str, Model] | None = None, programs: dict[str, Pipel
     clash = set(models) & set(programs)
     if clash:
         raise ConfigError(f"tandem serve: {', '.join(sorted(clash))} named both a model and a program")
+    if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
+        raise ConfigError("tandem serve: api_key must be a non-empty string, or None for no key")
+    if max_body_bytes is not None and (isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int)
+                                       or max_body_bytes < 1):
+        raise ConfigError(f"tandem serve: max_body_bytes must be a positive integer, got {max_body_bytes!r}")
     batchers = {name: _Batcher(model.generate, window_s, max_batch) for name, model in models.items()}
     batchers.update({name: _Batcher(lambda rows, p=pipe: p.batch(rows), window_s, max_batch)
                      for name, pipe in programs.items()})
     app = FastAPI(title="tandemlm", description="OpenAI-compatible endpoints for tandem models")
     app.state.batchers = batchers
+    guard = [Depends(_authorizer(api_key.strip()))] if api_key is not None else []
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=guard)
     def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "tandemlm"}
                                            for name in batchers]}
 
-    async def complete(body: dict[str, Any], chat: bool) -> dict[str, Any]:
-        name = body.get("model")
+    async def complete(request: Request, chat: bool) -> dict[str, Any]:
+        raw = await _read_json(request, max_body_bytes)
+        try:
+            body = (ChatRequest if chat else CompletionRequest).model_validate(raw)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        _refuse_unsupported(body)
+        name = body.model
         if name not in batchers:
-            raise HTTPException(404, f"no model named {name!r}; served: {', '.join(batchers)}")
-        if chat:
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise HTTPException(400, "'messages' must be a non-empty list")
-            text = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "")
-        else:
-            text = body.get("prompt")
-            if not isinstance(text, str):
-                raise HTTPException(400, "'prompt' must be a string")
+            raise ApiError(404, f"no model named {name!r}; served: {', '.join(batchers)}", "model",
+                           "model_not_found")
+        messages = tuple({"role": m.role, "content": m.content} for m in body.messages) if chat else None
+        text = (next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+                if chat else body.prompt)
         try:
             if name in models:
                 item: Any = GenRequest(
-                    messages=tuple({"role": m["role"], "content": m["content"]} for m in messages)
-                    if chat else None, prompt=None if chat else text,
-                    max_new_tokens=int(body.get("max_tokens") or 256),
-                    temperature=float(body.get("temperature") or 0.0),
-                    top_p=float(body.get("top_p") or 1.0), n=int(body.get("n") or 1),
-                    seed=body.get("seed"), stop=_stops(body.get("stop")))
+                    messages=messages, prompt=None if chat else text,
+                    max_new_tokens=body.max_tokens or (body.max_completion_tokens if chat else None) or 256,
+                    temperature=body.temperature or 0.0, top_p=1.0 if body.top_p is None else body.top_p,
+                    n=body.n or 1, seed=body.seed, stop=tuple(body.stop or ()))
             else:
                 item = _pipeline_inputs(programs[name], text)
         except (ValueError, TypeError, KeyError) as exc:
-            raise HTTPException(400, str(exc)) from None
+            raise ApiError(400, str(exc)) from None
         result = await asyncio.wrap_future(batchers[name].submit(item))
         return _response(name, chat, result, programs.get(name))
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: dict[str, Any]) -> Any:
-        return await complete(body, chat=True)
+    @app.post("/v1/chat/completions", dependencies=guard)
+    async def chat_completions(request: Request) -> Any:
+        return await complete(request, chat=True)
 
-    @app.post("/v1/completions")
-    async def completions(body: dict[str, Any]) -> Any:
-        return await complete(body, chat=False)
+    @app.post("/v1/completions", dependencies=guard)
+    async def completions(request: Request) -> Any:
+        return await complete(request, chat=False)
 
-    @app.exception_handler(HTTPException)
-    async def openai_error(_: Any, exc: HTTPException) -> Any:  # OpenAI's error shape
-        return JSONResponse({"error": {"message": exc.detail, "type": "invalid_request_error"}},
-                            status_code=exc.status_code)
+    @app.exception_handler(ApiError)
+    async def api_error(_: Any, exc: ApiError) -> Any:
+        return exc.response()
+
+    @app.exception_handler(HTTPException)  # unknown routes and wrong methods, from the router
+    async def http_error(request: Any, exc: HTTPException) -> Any:
+        where = f"{request.method} {request.url.path}"
+        message = {404: f"no route {where}; served: GET /v1/models, POST /v1/chat/completions, "
+                        f"POST /v1/completions",
+                   405: f"{where}: method not allowed"}.get(exc.status_code, str(exc.detail))
+        return ApiError(exc.status_code, message, headers=exc.headers).response()
+
+    @app.exception_handler(Exception)  # a bug: still answer in OpenAI's shape (the log has it)
+    async def server_error(_: Any, exc: Exception) -> Any:
+        return ApiError(500, f"internal server error ({type(exc).__name__})").response()
 
     return app
 
 
-def _stops(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+def api_key_from_env(var: str) -> str:
+    """The API key in environment variable `var`, for `tandem serve --api-key-env`."""
+    key = os.environ.get(var, "").strip()  # header values arrive stripped: so must the key
+    if not key:
+        raise ConfigError(f"--api-key-env {var}: the environment variable {var} is unset or empty; "
+                          f"set it to the key clients must send as 'Authorization: Bearer <key>'")
+    return key
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """A warning when `host` is reachable from other machines and no API key is required."""
+    if api_key is not None or host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return (f"--host {host} is not a loopback address and no --api-key-env is given: anyone who "
+            f"can reach this machine can use the served models")
 
 
 def _response(name: str, chat: bool, result: Any, pipeline: Pipeline | None) -> dict[str, Any]:
-    from fastapi import HTTPException
-
     if isinstance(result, GenResult):
         if not result.ok:
-            raise HTTPException(500, result.error)
+            raise ApiError(500, result.error)
         texts, usage = result.texts, (result.tokens_in, result.tokens_out)
     else:  # an ExampleResult of a pipeline
         if not result.ok:
-            raise HTTPException(500, result.error)
+            raise ApiError(500, result.error)
         texts = [_pipeline_reply(pipeline, result.outputs)]
         usage = (sum(t.tokens_in or 0 for t in result.trace), sum(t.tokens_out or 0 for t in result.trace))
     def choice(i: int, text: str) -> dict[str, Any]:
