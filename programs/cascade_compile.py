@@ -11,7 +11,7 @@ cheapest chain of stages and thresholds whose validation accuracy matches the be
         --val programs/data/overruling_val.jsonl --metric programs/cascade_compile.py:metric \\
         --passes "TrainScorer(train_encoder=True, epochs=3)" --passes "Calibrate(match=1.0)" \\
         --out out/cascade
-    tandem eval out/cascade --data programs/data/overruling_test.jsonl \\
+    tandem eval out/cascade@programs/cascade_compile.py:program --data programs/data/overruling_test.jsonl \\
         --metric programs/cascade_compile.py:metric
 
 By default the recorded answers come from the packaged 432-row excerpt; set

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from tandemlm.evaluate import evaluate, load_object, load_program
+from tandemlm.evaluate import EvaluationInterrupted, evaluate, load_metric, load_program
 from tandemlm.optimizers import RichReporter, compile
 from tandemlm.optimizers.report import report_table
 from tandemlm.optimizers.specs import load_any_program, parse_passes, program_source
@@ -88,6 +89,20 @@ def report_command(
     console.print(f"report written to {path}")
 
 
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _ask_to_run(source: str) -> bool:
+    """On a terminal, whether the user wants to run the source an artifact names."""
+    return _interactive() and typer.confirm(f"the artifact was compiled from program '{source}'; "
+                                            f"import and run that code?", default=False)
+
+
+_TRUST_HELP = ("for a bare artifact DIR: run the program source its program.json records "
+               "(default: refuse; name the code instead, DIR@PROGRAM)")
+
+
 def _named(spec: str, what: str) -> tuple[str, str]:
     name, sep, value = spec.partition("=")
     if not sep or not name or not value:
@@ -99,19 +114,31 @@ def _named(spec: str, what: str) -> tuple[str, str]:
 def serve_command(
     model: list[str] = typer.Option([], "--model", help="NAME=BACKEND:ID, e.g. tiny=hf:./my-model "
                                                         "(repeatable)"),
-    program: list[str] = typer.Option([], "--program", help="NAME=PROGRAM.py:NAME or NAME=ARTIFACT_DIR "
-                                                            "(repeatable)"),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(8000, "--port"),
+    program: list[str] = typer.Option([], "--program", help="NAME=PROGRAM.py:NAME, or a compiled "
+                                                            "artifact loaded onto its code, "
+                                                            "NAME=DIR@PROGRAM.py:NAME (repeatable)"),
+    trust_source: bool = typer.Option(False, "--trust-source", help=_TRUST_HELP),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; the default, a "
+                                                         "loopback address, is reachable from this "
+                                                         "machine only"),
+    port: int = typer.Option(8000, "--port", help="TCP port to listen on"),
     window_ms: float = typer.Option(10.0, "--window-ms", help="how long a request waits for others "
                                                               "to share its batch"),
-    max_batch: int = typer.Option(64, "--max-batch"),
+    max_batch: int = typer.Option(64, "--max-batch", min=1, help="most requests run in one backend "
+                                                                 "batch"),
+    api_key_env: str | None = typer.Option(None, "--api-key-env", metavar="VAR",
+                                           help="require 'Authorization: Bearer <key>' on every /v1 "
+                                                "route, the key read from environment variable VAR "
+                                                "(the key itself is never an option)"),
+    max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", min=1,
+                                       help="largest request body accepted (413 beyond)"),
 ) -> None:
     """Serve models and compiled pipelines behind OpenAI-compatible endpoints (micro-batched)."""
     from tandemlm.runtime import Model
-    from tandemlm.serve import create_app
+    from tandemlm.serve import api_key_from_env, create_app, exposure_warning
 
     try:
+        api_key = api_key_from_env(api_key_env) if api_key_env is not None else None
         models = {}
         for spec in model:
             name, target = _named(spec, "--model")
@@ -119,13 +146,17 @@ def serve_command(
             if not sep:
                 raise TandemError(f"--model '{spec}': give BACKEND:ID, e.g. {name}=hf:./my-model")
             models[name] = Model(backend, model_id, name=name)
-        programs = {name: load_any_program(target)
+        programs = {name: load_any_program(target, trust_source=trust_source, confirm=_ask_to_run)
                     for name, target in (_named(spec, "--program") for spec in program)}
-        server = create_app(models, programs, window_s=window_ms / 1000, max_batch=max_batch)
+        server = create_app(models, programs, window_s=window_ms / 1000, max_batch=max_batch,
+                            api_key=api_key, max_body_bytes=max_body_bytes)
     except TandemError as exc:
         _fail(exc)
     import uvicorn
 
+    warning = exposure_warning(host, api_key)
+    if warning:
+        console.print(f"[bold yellow]warning:[/] {warning}")
     console.print(f"serving {', '.join([*models, *programs])} at http://{host}:{port}/v1")
     uvicorn.run(server, host=host, port=port, log_level="warning")
 
@@ -133,24 +164,37 @@ def serve_command(
 @app.command("eval")
 def eval_command(
     program: str = typer.Argument(..., help="PROGRAM.py:NAME or module:NAME of a Pipeline, or a "
-                                            "compiled artifact directory"),
+                                            "compiled artifact loaded onto its code: "
+                                            "DIR@PROGRAM.py:NAME"),
     data: Path = typer.Option(..., "--data", help="examples: .jsonl, .json or .csv"),
     metric: str = typer.Option(..., "--metric", help="MODULE:FN or FILE.py:FN"),
     limit: int | None = typer.Option(None, "--limit", help="evaluate the first N examples"),
     out: Path | None = typer.Option(None, "--out", help="write results.jsonl and summary.json"),
     batch_size: int = typer.Option(64, "--batch-size", help="examples per executor batch"),
     max_errors: int | None = typer.Option(None, "--max-errors", help="abort after N failures"),
+    trust_source: bool = typer.Option(False, "--trust-source", help=_TRUST_HELP),
+    fresh: bool = typer.Option(False, "--fresh", help="with --out: ignore the records there and "
+                                                      "run every example again (default: resume)"),
 ) -> None:
-    """Evaluate a program: quality and cost per model."""
+    """Evaluate a program: quality and cost per model. Exits 1 when more than half of the
+    examples failed, 130 when interrupted (a re-run with the same --out resumes)."""
     try:
-        pipeline = load_any_program(program)
-        result = evaluate(pipeline, data, load_object(metric, "metric"), limit=limit, out=out,
-                          batch_size=batch_size, max_errors=max_errors)
+        pipeline = load_any_program(program, trust_source=trust_source, confirm=_ask_to_run)
+        result = evaluate(pipeline, data, load_metric(metric), limit=limit, out=out,
+                          batch_size=batch_size, max_errors=max_errors, fresh=fresh)
     except TandemError as exc:
         _fail(exc)
+    except EvaluationInterrupted as exc:
+        console.print(str(exc), style="bold yellow", markup=False, soft_wrap=True)
+        raise typer.Exit(code=130) from None
     result.print(console)
     if out is not None:
         console.print(f"results written to {out}/results.jsonl and {out}/summary.json")
+    failure = result.failure()
+    if failure is not None:
+        console.print(f"[bold red]error:[/] {failure} (most common errors above); the score "
+                      f"measures those failures, not the program", soft_wrap=True)
+        raise typer.Exit(code=1)
 
 
 @app.command("compile")
@@ -172,7 +216,7 @@ def compile_command(
     """Compile a program: run passes over its traces and write a loadable artifact."""
     try:
         steps = parse_passes(passes)
-        compiled = compile(load_program(program), train, load_object(metric, "metric"),
+        compiled = compile(load_program(program), train, load_metric(metric),
                            passes=steps, valset=val, out_dir=out, source=program_source(program),
                            seed=seed, batch_size=batch_size, reporter=RichReporter(console),
                            cache=not no_cache)
@@ -180,7 +224,7 @@ def compile_command(
         _fail(exc)
     console.print(report_table(compiled.compile_report, "val" if val is not None else "train"))
     console.print(f"compiled program written to {out}/program.json (report: {out}/report.json); "
-                  f"evaluate it with `tandem eval {out} --data FILE --metric {metric}`")
+                  f"evaluate it with `tandem eval {out}@{program} --data FILE --metric {metric}`")
 
 
 @app.command("graph")

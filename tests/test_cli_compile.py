@@ -71,7 +71,9 @@ def test_compile_then_eval_the_artifact(project, tmp_path):
     assert program["source"] == project["program"]
     assert [p["config"]["k"] for p in program["passes"]] == [2]
 
-    for target, mean in [(project["out"], 1.0), (project["program"], 0.0)]:
+    # DIR@PROGRAM: the artifact loaded onto the code named (a bare DIR would run the source
+    # the artifact records, which needs --trust-source)
+    for target, mean in [(f"{project['out']}@{project['program']}", 1.0), (project["program"], 0.0)]:
         runs = tmp_path / f"eval-{mean}"
         result = invoke("eval", target, "--data", project["val"], "--metric", project["metric"],
                         "--out", str(runs))
@@ -111,3 +113,88 @@ def test_eval_of_a_directory_without_a_program(project, tmp_path):
     result = invoke("eval", str(tmp_path / "empty"), "--data", project["val"], "--metric",
                     project["metric"])
     assert result.exit_code == 2 and "without a program.json" in result.output
+
+
+def said(result):
+    return " ".join(result.output.split())  # unwrapped, for messages
+
+
+def test_compile_on_an_empty_trainset_fails_naming_the_file(project, tmp_path):
+    project["train"] = write_rows(tmp_path / "empty.jsonl", [])
+    result = invoke(*compile_args(project))
+    assert result.exit_code == 2
+    assert f"training data file '{project['train']}' has no examples" in said(result)
+
+
+def test_an_empty_valset_given_on_purpose_is_an_error(project, tmp_path):
+    empty = write_rows(tmp_path / "empty_val.jsonl", [])
+    result = invoke(*compile_args(project, "--val", empty))
+    assert result.exit_code == 2
+    assert f"validation data file '{empty}' has no examples" in said(result)
+    assert "leave the valset out (no --val)" in said(result)
+    assert not (tmp_path / "out" / "program.json").exists()
+
+
+def test_compile_with_a_program_as_metric_is_refused(project):
+    project["metric"] = project["program"]
+    result = invoke(*compile_args(project))
+    assert result.exit_code == 2
+    assert "a metric is a function (example, prediction[, trace])" in said(result)
+
+
+CASCADE = '''
+from tandemlm import LMNode, Model, Pipeline, Step
+from tandemlm.modules.cascade import Cascade, Stage
+from tandemlm.testing import chat_reply
+
+STEP_FAILS = True
+
+
+def broken(question):
+    if STEP_FAILS:
+        raise RuntimeError("the retriever is down")
+    return question
+
+
+def build():
+    # TEST DOUBLES: scripted models behind a step; either the step or every model call fails
+    def model(name):
+        return Model("scripted", f"cli-{name}-{STEP_FAILS}", reply=chat_reply(answer="x", score=0.9),
+                     fail=lambda r: not STEP_FAILS)
+    stages = [Stage(LMNode("query -> answer", model=model("cheap"), name="cheap"),
+                    judge=LMNode("query, answer -> score: float", model=model("judge"),
+                                 name="judge"), threshold=0.5),
+              Stage(LMNode("query -> answer", model=model("strong"), name="strong"))]
+    return Pipeline([Step(broken, inputs="question", outputs="query", name="retrieve"),
+                     Cascade(stages)], name="cascade")
+
+
+def metric(example, prediction, trace=None):
+    return prediction.answer == example.answer
+'''
+
+
+def test_calibrate_on_examples_that_all_failed_says_why(project, tmp_path):
+    (tmp_path / "cascade.py").write_text(textwrap.dedent(CASCADE))
+    project.update(program=f"{tmp_path / 'cascade.py'}:build",
+                   metric=f"{tmp_path / 'cascade.py'}:metric")
+    result = invoke(*compile_args(project, "--passes", "Calibrate(match=1.0)"))
+    assert result.exit_code == 2, result.output
+    text = said(result)
+    assert "calibrate cascade: no training example produced a usable stage run" in text
+    assert "no example reached the cascade" in text
+    assert "the most common error (5 of 5 examples): node 'retrieve': RuntimeError: the " \
+           "retriever is down" in text
+
+
+def test_calibrate_where_every_stage_failed_says_why(project, tmp_path):
+    code = textwrap.dedent(CASCADE).replace("STEP_FAILS = True", "STEP_FAILS = False")
+    (tmp_path / "stages_fail.py").write_text(code)
+    project.update(program=f"{tmp_path / 'stages_fail.py'}:build",
+                   metric=f"{tmp_path / 'stages_fail.py'}:metric")
+    result = invoke(*compile_args(project, "--passes", "Calibrate(match=1.0)"))
+    assert result.exit_code == 2, result.output
+    text = said(result)
+    assert "calibrate cascade: no training example produced a usable stage run" in text
+    assert "every stage failed on each example that reached the cascade" in text
+    assert "the most common error (10 of 10 stage runs): backend error: scripted failure" in text

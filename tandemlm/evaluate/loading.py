@@ -4,8 +4,10 @@ program also a call with literal keyword arguments, `module.path:build(size=3, d
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib
 import importlib.util
+import inspect
 import re
 import sys
 from importlib import resources
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tandemlm.compose import Pipeline
+from tandemlm.evaluate.metrics import Metric, check_metric
 from tandemlm.runtime import ConfigError
 
 
@@ -40,6 +43,12 @@ def load_object(spec: str, what: str = "object") -> Any:
     if not hasattr(module, attr):
         raise ConfigError(f"{what} '{spec}': '{target}' has no attribute '{attr}'")
     return getattr(module, attr)
+
+
+def load_metric(spec: str) -> Metric:
+    """Load the metric named by `spec` (`module:FN` or `file.py:FN`), refusing what cannot be
+    one (a Pipeline, a non-callable, a function of the wrong arity) before anything runs."""
+    return check_metric(load_object(spec, "metric"), spec)
 
 
 def literal_keywords(spec: str, args: str, what: str) -> dict[str, Any]:
@@ -77,12 +86,52 @@ def load_program(spec: str) -> Pipeline:
     if match["args"] is not None:
         if not callable(obj) or isinstance(obj, Pipeline):
             raise ConfigError(f"program '{spec}': '{match['target']}' is not a function to call")
-        obj = obj(**literal_keywords(spec, match["args"], "program"))
+        obj = _build(spec, obj, literal_keywords(spec, match["args"], "program"))
     elif callable(obj) and not isinstance(obj, Pipeline):
-        obj = obj()
+        obj = _build(spec, obj, {})
     if not isinstance(obj, Pipeline):
         raise ConfigError(f"program '{spec}' is a {type(obj).__name__}, not a tandemlm Pipeline")
     return obj
+
+
+def _build(spec: str, builder: Any, options: dict[str, Any]) -> Any:
+    """Call a program builder with `options`, checked against its signature first: a typo in
+    a keyword names the parameters it accepts, while a TypeError the builder itself raises
+    (a bug inside it) stays that error, with its traceback."""
+    name = getattr(builder, "__name__", type(builder).__name__)
+    try:
+        signature = inspect.signature(builder)
+    except (TypeError, ValueError):
+        signature = None  # no signature to check against (a builtin): the call tells
+    if signature is not None:
+        try:
+            signature.bind(**options)
+        except TypeError as exc:
+            raise ConfigError(_call_error(spec, name, signature, options, exc)) from None
+    built = builder(**options)
+    if not isinstance(built, Pipeline):
+        raise ConfigError(f"program '{spec}': {name}() returned a {type(built).__name__}, not a "
+                          f"tandemlm Pipeline; make it return the Pipeline it builds")
+    return built
+
+
+def _call_error(spec: str, name: str, signature: inspect.Signature, options: dict[str, Any],
+                exc: TypeError) -> str:
+    params = signature.parameters.values()
+    accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    takes = f"{name}() accepts: {', '.join(accepted)}" if accepted else f"{name}() takes no options"
+    unknown = [k for k in options if k not in accepted]
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params):
+        hints = [f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                 for k in unknown for close in [difflib.get_close_matches(k, accepted, n=1)]]
+        return f"program '{spec}': unknown option(s) {', '.join(hints)}; {takes}"
+    required = [p.name for p in params if p.default is p.empty and p.name not in options
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if required:
+        example = ", ".join(f"{r}=..." for r in required)
+        return (f"program '{spec}': {name}() needs option(s) {', '.join(required)}; give them "
+                f"like {spec.split('(')[0].strip()}({example}) ({takes})")
+    return f"program '{spec}': {name}() cannot be called with these options ({exc}); {takes}"
 
 
 def packaged_data(name: str) -> Path:

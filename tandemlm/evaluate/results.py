@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,8 +13,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tandemlm.compose import ExampleResult
+from tandemlm.compose import ExampleResult, NodeTrace
 from tandemlm.runtime import Cost, Ledger
+from tandemlm.runtime.files import atomic_write
+
+#: the share of failed examples above which an evaluation counts as failed (`EvalResult.failure`)
+MAX_FAILED_FRACTION = 0.5
 
 
 @dataclass
@@ -30,13 +34,33 @@ class Record:
     def to_dict(self) -> dict[str, Any]:
         trace = [t.to_dict() for t in self.result.trace]
         calls = [t for root in self.result.trace for t in root.walk()]
-        return {"index": self.index, "example": self.example, "inputs": self.result.inputs,
+        return {"index": self.index, "key": example_key(self.example),
+                "example": self.example, "inputs": self.result.inputs,
                 "outputs": self.result.outputs,
                 "score": self.score, "error": self.error,
                 "cost_usd": _sum_or_none(t.cost_usd for t in calls),
                 "tokens_in": sum(t.tokens_in or 0 for t in calls),
                 "tokens_out": sum(t.tokens_out or 0 for t in calls),
                 "trace": trace}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Record:
+        """The record `to_dict` wrote (values as JSON kept them), e.g. to resume an evaluation."""
+        result = ExampleResult(inputs=data.get("inputs") or {}, outputs=data.get("outputs") or {},
+                               trace=[_trace(t) for t in data.get("trace") or []],
+                               error=data.get("error"))
+        return cls(data["index"], data["example"], result, float(data["score"]), data.get("error"))
+
+
+def example_key(example: dict[str, Any]) -> str:
+    """A hash of one example (inputs and labels), so a resumed evaluation knows a record belongs
+    to this very example and not to whatever now sits at its index."""
+    text = json.dumps(example, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _trace(data: dict[str, Any]) -> NodeTrace:
+    return NodeTrace(**{**data, "children": [_trace(c) for c in data.get("children") or []]})
 
 
 def _sum_or_none(values: Any) -> float | None:
@@ -69,9 +93,23 @@ class EvalResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         lines = "".join(json.dumps(r.to_dict(), default=str) + "\n" for r in self.records)
-        _atomic_write(out / "results.jsonl", lines)
-        _atomic_write(out / "summary.json", json.dumps(self.summary, indent=2, default=str) + "\n")
+        atomic_write(out / "results.jsonl", lines)
+        atomic_write(out / "summary.json", json.dumps(self.summary, indent=2, default=str) + "\n")
         return out
+
+    def error_counts(self, top: int | None = None) -> list[tuple[str, int]]:
+        """(error message, how many examples failed with it), most common first."""
+        return Counter(r.error for r in self.records if r.error is not None).most_common(top)
+
+    def failure(self) -> str | None:
+        """Why this evaluation as a whole failed: every example, or more than half of them
+        (`MAX_FAILED_FRACTION`), failed; None when it did not."""
+        n, failed = len(self.records), sum(r.error is not None for r in self.records)
+        if n and failed == n:
+            return f"all {n} examples failed"
+        if failed > MAX_FAILED_FRACTION * n:
+            return f"{failed} of {n} examples failed (more than {MAX_FAILED_FRACTION:.0%})"
+        return None
 
     def table(self) -> Table:
         metric = self.summary["metric"]
@@ -87,7 +125,29 @@ class EvalResult:
         return table
 
     def print(self, console: Console | None = None) -> None:
-        (console or Console()).print(self.table())
+        """The table, then the most common errors when examples failed."""
+        console = console or Console()
+        console.print(self.table())
+        for line in error_digest(self.error_counts(), len(self.records)):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def error_digest(counts: list[tuple[str, int]], n: int, top: int = 3) -> list[str]:
+    """Lines saying how many examples failed and with which errors, most common first."""
+    if not counts:
+        return []
+    failed = sum(c for _, c in counts)
+    lines = [f"{failed} of {n} examples failed; most common error(s):"]
+    lines += [f"  {count} x {_shorten(message)}" for message, count in counts[:top]]
+    if len(counts) > top:
+        lines.append(f"  ... and {len(counts) - top} other error message(s) (each record in "
+                     f"results.jsonl carries its own)")
+    return lines
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _count(value: int | None) -> str:
@@ -100,15 +160,3 @@ def format_cost(usage: dict[str, Any]) -> str:
     if usage.get("flops_estimate") is not None:
         return f"{usage['flops_estimate']:.3g} FLOPs (est.)"
     return "unknown"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,13 +1,13 @@
 """Compiled programs on disk: `program.json` + weight files (`adapters/`, `scorers/`) + `report.json`.
 
-No pickle. The program's structure comes from its code (`source`, e.g. "programs/x.py:build");
-`program.json` holds its state (demos, instructions, model configurations, thresholds) and the
-sha256 of every file the state refers to, and of the state itself, so a truncated or tampered
-artifact fails to load with an error naming the file.
+No pickle, and no code: the program's structure comes from the user's code; `program.json`
+holds its state (demos, instructions, model configurations, thresholds), the sha256 of every
+file the state refers to and of the state itself, and the `source` it was compiled from (a
+record, run only when the user says so). `artifact_trust` says what loading checks.
 
     save_program(pipeline, "out/")                 # what compile() writes at the end
-    pipeline = load("out/")                        # rebuilds from `source`, then sets the state
-    pipeline = load("out/", program=build)         # or onto a program you built
+    pipeline = load("out/", program=build)         # the state, set onto the program you built
+    pipeline = load("out/", trust_source=True)     # or rebuilt from the recorded source
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,38 +23,13 @@ from typing import Any
 from tandemlm.compose import Pipeline
 from tandemlm.compose.state import pipeline_state, set_pipeline_state
 from tandemlm.evaluate.loading import load_program
+from tandemlm.optimizers.artifact_trust import (ModelCheck, artifact_key, check_signature,
+                                                code_models, sha256_file, signature, verify_files)
 from tandemlm.runtime import ArtifactError, ConfigError, Model
+from tandemlm.runtime.files import atomic_write  # re-exported: passes and suites write through it
 
 SCHEMA = "tandemlm.program/1"
 _PATH_KEYS = ("id", "adapter")
-
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read the process umask (only settable) and put it back
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file and rename: a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it (mkstemp makes it private)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _inside(path: str, root: Path) -> str | None:
@@ -94,20 +67,29 @@ def encode_state(state: Any, root: Path, files: set[str]) -> Any:
                       f"hold JSON values and Models")
 
 
-def decode_state(data: Any, root: Path) -> Any:
-    """Inverse of `encode_state`."""
+def decode_state(data: Any, root: Path, check: ModelCheck, field: str = "state") -> Any:
+    """Inverse of `encode_state`; every model passes `check` (see `artifact_trust`)."""
     if isinstance(data, dict) and "$model" in data:
         if data["$model"] is None:
             return None  # keep the model the program's code builds
-        config = dict(data["$model"])
-        for key in data.get("relative", []):
-            config[key] = str(root / config[key])
-        return Model.from_dict(config)
+        return check.admit(data, field)
     if isinstance(data, dict):
-        return {k: decode_state(v, root) for k, v in data.items()}
+        return {k: decode_state(v, root, check, f"{field}.{k}") for k, v in data.items()}
     if isinstance(data, list):
-        return [decode_state(v, root) for v in data]
+        return [decode_state(v, root, check, f"{field}[{i}]") for i, v in enumerate(data)]
     return data
+
+
+def state_refs(data: Any) -> set[str]:
+    """The artifact's own paths an encoded state refers to (models' relative id/adapter)."""
+    if isinstance(data, dict) and isinstance(data.get("$model"), dict):
+        relative = data.get("relative") if isinstance(data.get("relative"), list) else []
+        return {data["$model"].get(k) for k in relative}
+    if isinstance(data, dict):
+        return {r for v in data.values() for r in state_refs(v)}
+    if isinstance(data, list):
+        return {r for v in data for r in state_refs(v)}
+    return set()
 
 
 def _file_hashes(root: Path, refs: set[str]) -> dict[str, str]:
@@ -135,17 +117,20 @@ def snapshot(pipeline: Pipeline, root: Path) -> dict[str, Any]:
 
 
 def verify_snapshot(snap: dict[str, Any], root: Path, where: Path) -> None:
-    """Raise `ArtifactError` naming the first missing, truncated or altered file."""
+    """Raise `ArtifactError` naming the first altered state, or missing, unlisted, truncated or
+    altered file."""
     if _state_hash(snap.get("state")) != snap.get("state_sha256"):
         raise ArtifactError(f"'{where}' was modified after it was written (its state does not "
                             f"match its checksum); re-run compile to rebuild it")
-    for rel, digest in snap.get("files", {}).items():
-        path = root / rel
-        if not path.is_file():
-            raise ArtifactError(f"artifact file '{path}' is missing; re-run compile to rebuild it")
-        if sha256_file(path) != digest:
-            raise ArtifactError(f"artifact file '{path}' is truncated or was modified (checksum "
-                                f"mismatch); re-run compile to rebuild it")
+    verify_files(snap.get("files", {}), state_refs(snap.get("state")), root, where)
+
+
+def restore_state(pipeline: Pipeline, snap: dict[str, Any], root: Path, where: Path,
+                  allow_paths: Iterable[str | Path] = ()) -> None:
+    """Check `snap` (from `snapshot`) and set its state on `pipeline`, built by the user's code."""
+    verify_snapshot(snap, root, where)
+    check = ModelCheck(code_models(pipeline_state(pipeline)), root, where, allow_paths)
+    set_pipeline_state(pipeline, decode_state(snap["state"], root, check))
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -168,22 +153,64 @@ def _version() -> str:
 
 
 def save_program(pipeline: Pipeline, out_dir: str | Path, *, source: str | None = None,
-                 passes: list[dict[str, Any]] | None = None) -> Path:
-    """Write `program.json` for `pipeline` into `out_dir` (its files must already lie there)."""
+                 passes: list[dict[str, Any]] | None = None, key: str | bytes | None = None) -> Path:
+    """Write `program.json` for `pipeline` into `out_dir` (its files must already lie there),
+    signed when a key is given or set in `TANDEM_ARTIFACT_KEY`."""
     root = Path(out_dir)
     program = {"schema": SCHEMA, "name": pipeline.name, "source": source, "tandemlm": _version(),
                "passes": passes or [], **snapshot(pipeline, root)}
+    secret = artifact_key(key)
+    if secret is not None:
+        program["hmac"] = signature(program, secret)
     atomic_write(root / "program.json", json.dumps(program, indent=1) + "\n")
     return root / "program.json"
 
 
-def load(out_dir: str | Path, program: Pipeline | Callable[[], Pipeline] | str | None = None) -> Pipeline:
-    """A runnable pipeline from a compiled artifact.
+Program = Pipeline | Callable[[], Pipeline] | str
+
+
+def recorded_source(out_dir: str | Path) -> str | None:
+    """The program source an artifact records (compile's `source`), or None; never run here."""
+    source = read_json(Path(out_dir) / "program.json", "compiled program").get("source")
+    return source if isinstance(source, str) else None
+
+
+def _program(program: Program | None, data: dict[str, Any], path: Path, trust_source: bool) -> Pipeline:
+    source = data.get("source")
+    if program is None:
+        if not isinstance(source, str):
+            raise ConfigError(f"'{path}' does not record which program it was compiled from; pass "
+                              f"program=... (the Pipeline or a function building it)")
+        if not trust_source:
+            raise ArtifactError(
+                f"'{path}' was compiled from program '{source}'; loading an artifact never runs "
+                f"code it names. Pass program='{source}' (or the Pipeline, or a function building "
+                f"it) to load it onto that code, or trust_source=True to run the recorded source "
+                f"(CLI: DIR@PROGRAM, or --trust-source)")
+        program = source
+    pipeline = load_program(program) if isinstance(program, str) else program
+    pipeline = pipeline() if callable(pipeline) and not isinstance(pipeline, Pipeline) else pipeline
+    if not isinstance(pipeline, Pipeline):
+        raise ConfigError(f"program {program!r} is a {type(pipeline).__name__}, not a Pipeline")
+    return copy.deepcopy(pipeline)
+
+
+def load(out_dir: str | Path, program: Program | None = None, *, trust_source: bool = False,
+         allow_paths: Iterable[str | Path] = (), key: str | bytes | None = None) -> Pipeline:
+    """A runnable pipeline from a compiled artifact: its state, checked, set onto your program.
+
+    Loading never runs code the artifact names (see `artifact_trust` for every check).
 
     Args:
         out_dir: the directory `compile` wrote.
         program: the pipeline (or a function building it, or "file.py:NAME") to load the state
-            onto; default: the `source` recorded at compile time.
+            onto: the code you trust.
+        trust_source: with no `program`, build it from the `source` the artifact records
+            (`recorded_source(out_dir)` shows it): say so only for artifacts you trust.
+        allow_paths: directories outside the artifact its models may name (by default models
+            are the program's own, plus weights inside the artifact).
+        key: the HMAC key (default `TANDEM_ARTIFACT_KEY`): when set, an unsigned or altered
+            artifact is refused.
     """
     root = Path(out_dir)
     path = root / "program.json"
@@ -191,15 +218,8 @@ def load(out_dir: str | Path, program: Pipeline | Callable[[], Pipeline] | str |
     if data.get("schema") != SCHEMA:
         raise ArtifactError(f"'{path}' has schema {data.get('schema')!r}; this tandemlm reads "
                             f"{SCHEMA!r}")
-    verify_snapshot(data, root, path)
-    source = program if program is not None else data.get("source")
-    if source is None:
-        raise ConfigError(f"'{path}' does not record which program it was compiled from; pass "
-                          f"program=... (the Pipeline or a function building it)")
-    pipeline = load_program(source) if isinstance(source, str) else source
-    pipeline = pipeline() if callable(pipeline) and not isinstance(pipeline, Pipeline) else pipeline
-    if not isinstance(pipeline, Pipeline):
-        raise ConfigError(f"program {source!r} is a {type(pipeline).__name__}, not a Pipeline")
-    pipeline = copy.deepcopy(pipeline)
-    set_pipeline_state(pipeline, decode_state(data["state"], root))
+    check_signature(data, artifact_key(key), path)
+    verify_snapshot(data, root, path)  # before any code is imported for the program
+    pipeline = _program(program, data, path, trust_source)
+    restore_state(pipeline, data, root, path, allow_paths)
     return pipeline

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,7 @@ class Calibrate(Pass):
         split = ctx.traces(new, "val") if ctx.valset else traces
         for path, cascade in picked.items():
             runs = run_every_stage(new, path, cascade_inputs(split, path), ctx)
+            _require_usable(runs, split, path, "validation" if ctx.valset else "training")
             chosen, report = self._search(runs, cascade)
             thresholds = list(cascade.thresholds)
             for s, value in zip(chosen.chain, chosen.thresholds, strict=False):
@@ -258,6 +260,26 @@ class Calibrate(Pass):
                   "cost_vs_best_single": chosen.cost / best_single.cost if best_single.cost else None,
                   "frontier": [p.to_dict(names) for p in frontier(points)]}
         return chosen, report
+
+
+def _require_usable(runs: list[StageRun], split: Traces, path: str, which: str) -> None:
+    """Refuse to calibrate on nothing: when no example reached the cascade, or no stage answered
+    any that did, every point scores 0 (or NaN) and the search has nothing to choose from."""
+    if any(a.ok for run in runs for a in run.answers):
+        return
+    reached = bool(runs and runs[0].answers)
+    errors = Counter(a.error for run in runs for a in run.answers if a.error) if reached else \
+        Counter(r.error for r in split.records if r.error is not None)
+    n = len(split.records)
+    why = ("every stage failed on each example that reached the cascade" if reached
+           else "no example reached the cascade")
+    common = ""
+    if errors:
+        message, count = errors.most_common(1)[0]
+        unit = "stage runs" if reached else "examples"
+        common = f"; the most common error ({count} of {sum(errors.values())} {unit}): {message}"
+    raise CompileError(f"calibrate {path}: no {which} example produced a usable stage run (of {n} "
+                       f"examples, {why}){common}; fix that and compile again")
 
 
 def _save_curve(out: Path, report: dict[str, Any], title: str) -> None:

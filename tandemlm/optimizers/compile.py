@@ -9,7 +9,7 @@ and re-pays no model call; `program.json` and `report.json` appear only when eve
     compiled = compile(pipe, "train.jsonl", exact_match, valset="dev.jsonl",
                        passes=[BootstrapDemos(k=4), Finetune(nodes=["decompose"])], out_dir="out/")
     compiled.compile_report      # one PassReport per pass
-    tandemlm.load("out/")        # the same program, later
+    tandemlm.load("out/", program=pipe)   # the same program, later
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from tandemlm.compose import Pipeline
-from tandemlm.compose.state import set_pipeline_state
 from tandemlm.evaluate import load_data
+from tandemlm.evaluate.data import require_examples
 from tandemlm.evaluate.metrics import Metric
-from tandemlm.optimizers.artifacts import (atomic_write, decode_state, read_json, save_program,
-                                           snapshot, verify_snapshot)
+from tandemlm.optimizers.artifacts import (atomic_write, read_json, restore_state, save_program,
+                                           snapshot)
 from tandemlm.optimizers.passes import CompileContext, Pass
 from tandemlm.optimizers.report import PassReport, Reporter, RichReporter
 from tandemlm.optimizers.trace_store import TraceStore
@@ -68,11 +68,10 @@ def _resume(marker: Path, step: Pass, out: Path, pipeline: Pipeline,
         data = read_json(marker, "pass record")
         if data.get("name") != step.name or data.get("config") != step.config():
             return None
-        verify_snapshot(data["snapshot"], out, marker)
+        restore_state(pipeline, data["snapshot"], out, marker)
     except ArtifactError as exc:
         reporter.note(f"{exc}; running pass '{step.name}' again")
         return None
-    set_pipeline_state(pipeline, decode_state(data["snapshot"]["state"], out))
     return PassReport(**{**data["report"], "resumed": True})
 
 
@@ -98,17 +97,20 @@ def compile(pipeline: Pipeline, trainset: Any, metric: Metric, *, passes: Sequen
         metric: `metric(example, prediction, trace=None)` -> bool or float.
         passes: the passes, run in order.
         out_dir: artifact directory (a temporary one when omitted: no resume).
-        source: how to rebuild the program ("file.py:NAME"), recorded so `load(out_dir)` works.
+        source: how to rebuild the program ("file.py:NAME"), recorded for the user (who may run
+            it: `load(out_dir, trust_source=True)`).
         seed: seeds every pass's randomness.
         threshold: metric value from which an example passes (default: truthy).
         cache: keep model calls in `out_dir/calls.sqlite` (a re-run pays no call twice); False
             keeps them in memory for this run only.
     """
     steps = _as_passes(passes)
-    train = load_data(trainset)
-    val = load_data(valset) if valset is not None else []
-    if not train:
-        raise ConfigError("compile needs a non-empty trainset")
+    train = require_examples(load_data(trainset), trainset, what="training data")
+    # An empty valset given on purpose is a mistake, not "no valset": passes would select on
+    # the trainset while the report claims to measure on the valset.
+    val = (require_examples(load_data(valset), valset, what="validation data",
+                            hint="or leave the valset out (no --val) to select and report on the "
+                                 "trainset") if valset is not None else [])
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="tandem-compile-"))
     out.mkdir(parents=True, exist_ok=True)
     reporter = reporter or (RichReporter() if progress else Reporter())

@@ -1,5 +1,5 @@
 """What the command line names: passes (`BootstrapDemos(k=4)`) and programs (a file, a module
-attribute, or a compiled artifact directory).
+attribute, or a compiled artifact directory with the code to load it onto: `DIR@PROGRAM`).
 
 A pass spec is a pass name, optionally called with keyword arguments whose values are Python
 literals (numbers, strings, lists, dicts, True/False/None). Values are read with
@@ -16,13 +16,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from tandemlm.compose import Pipeline
 from tandemlm.evaluate.loading import literal_keywords, load_object, load_program
-from tandemlm.optimizers.artifacts import load
+from tandemlm.optimizers.artifacts import load, recorded_source
 from tandemlm.optimizers.passes import Pass
-from tandemlm.runtime import ConfigError
+from tandemlm.runtime import ArtifactError, ConfigError
 
 #: built-in pass name -> its module (imported only when the pass is named, so naming
 #: BootstrapDemos never loads the training stack)
@@ -83,20 +84,46 @@ def parse_passes(specs: list[str]) -> list[Pass]:
 
 
 def program_source(spec: str) -> str:
-    """`spec` as recorded in an artifact: a FILE.py path made absolute, so `load(out_dir)`
-    finds the program from any working directory."""
+    """`spec` as recorded in an artifact: a FILE.py path made absolute, so the recorded source
+    names the program from any working directory (run only when the user trusts it)."""
     target, sep, attr = spec.rpartition(":")
     if sep and target.endswith(".py"):
         return f"{Path(target).resolve()}:{attr}"
     return spec
 
 
-def load_any_program(spec: str) -> Pipeline:
-    """A compiled artifact directory (holding program.json), or PROGRAM.py:NAME / module:NAME."""
+def _artifact(spec: str) -> tuple[Path, str | None] | None:
+    """(artifact directory, program code or None) when `spec` names an artifact: `DIR` or
+    `DIR@PROGRAM`."""
     if Path(spec).is_dir():
-        if not (Path(spec) / "program.json").is_file():
-            raise ConfigError(f"'{spec}' is a directory without a program.json; name a compiled "
-                              f"artifact directory (written by `tandem compile --out`) or "
-                              f"PROGRAM.py:NAME")
-        return load(spec)
-    return load_program(spec)
+        return Path(spec), None
+    directory, sep, code = spec.rpartition("@")
+    if sep and directory and Path(directory).is_dir():
+        return Path(directory), code or None
+    return None
+
+
+def load_any_program(spec: str, *, trust_source: bool = False,
+                     confirm: Callable[[str], bool] | None = None) -> Pipeline:
+    """PROGRAM.py:NAME / module:NAME, or a compiled artifact: `DIR@PROGRAM` loads it onto that
+    code; a bare `DIR` runs the source the artifact records only with `trust_source` or when
+    `confirm(source)` (an interactive question) says yes."""
+    found = _artifact(spec)
+    if found is None:
+        return load_program(spec)
+    directory, code = found
+    if not (directory / "program.json").is_file():
+        raise ConfigError(f"'{directory}' is a directory without a program.json; name a compiled "
+                          f"artifact directory (written by `tandem compile --out`) or "
+                          f"PROGRAM.py:NAME")
+    if code is not None:
+        return load(directory, program=code)
+    source = recorded_source(directory)
+    if not trust_source and source is not None and confirm is not None and confirm(source):
+        trust_source = True
+    if source is not None and not trust_source:
+        raise ArtifactError(f"'{directory}' was compiled from program '{source}'; loading an "
+                            f"artifact never runs code it names: name the code to load it onto, "
+                            f"'{directory}@{source}', or pass --trust-source to run the recorded "
+                            f"source")
+    return load(directory, trust_source=trust_source)
