@@ -174,27 +174,19 @@ def metric(example, prediction, trace=None):
 '''
 
 
-def test_calibrate_on_examples_that_all_failed_says_why(project, tmp_path):
-    (tmp_path / "cascade.py").write_text(textwrap.dedent(CASCADE))
+@pytest.mark.parametrize("step_fails, why, common", [
+    (True, "no example reached the cascade",
+     "the most common error (5 of 5 examples): node 'retrieve': RuntimeError: the retriever is down"),
+    (False, "every stage failed on each example that reached the cascade",
+     "the most common error (10 of 10 stage runs): backend error: scripted failure"),
+])
+def test_calibrate_on_examples_that_all_failed_says_why(project, tmp_path, step_fails, why, common):
+    code = textwrap.dedent(CASCADE).replace("STEP_FAILS = True", f"STEP_FAILS = {step_fails}")
+    (tmp_path / "cascade.py").write_text(code)
     project.update(program=f"{tmp_path / 'cascade.py'}:build",
                    metric=f"{tmp_path / 'cascade.py'}:metric")
     result = invoke(*compile_args(project, "--passes", "Calibrate(match=1.0)"))
     assert result.exit_code == 2, result.output
     text = said(result)
     assert "calibrate cascade: no training example produced a usable stage run" in text
-    assert "no example reached the cascade" in text
-    assert "the most common error (5 of 5 examples): node 'retrieve': RuntimeError: the " \
-           "retriever is down" in text
-
-
-def test_calibrate_where_every_stage_failed_says_why(project, tmp_path):
-    code = textwrap.dedent(CASCADE).replace("STEP_FAILS = True", "STEP_FAILS = False")
-    (tmp_path / "stages_fail.py").write_text(code)
-    project.update(program=f"{tmp_path / 'stages_fail.py'}:build",
-                   metric=f"{tmp_path / 'stages_fail.py'}:metric")
-    result = invoke(*compile_args(project, "--passes", "Calibrate(match=1.0)"))
-    assert result.exit_code == 2, result.output
-    text = said(result)
-    assert "calibrate cascade: no training example produced a usable stage run" in text
-    assert "every stage failed on each example that reached the cascade" in text
-    assert "the most common error (10 of 10 stage runs): backend error: scripted failure" in text
+    assert why in text and common in text
