@@ -10,6 +10,10 @@ BPE tokenizer, saved with `save_pretrained` and therefore loaded through the sam
 A freshly initialised model has near-flat logits, so its greedy argmax can flip on float noise;
 a briefly trained one has clear winners, which tests comparing batched and unbatched decoding
 need.
+
+Models that take long to train are built once into `cache_dir()` (`build_cached`), in a folder
+named after a hash of the spec *and* of the code that trains them (`code_version`), so editing a
+builder trains a new model rather than reusing the one the old code left there.
 """
 
 from __future__ import annotations
@@ -225,25 +229,77 @@ def build_once(target: Path, build) -> Path:
     return target
 
 
-def cached_chat_lm(name: str, texts: list[str], *, layers: int = 2, hidden: int = 64,
-                   heads: int = 4, steps: int = 200, seed: int = 0, max_tokens: int = 640) -> Path:
-    """A tiny Llama whose tokenizer and weights are trained on `texts` (e.g. `node_chat_texts`),
-    built once (`build_once`) under `cache_dir()` in a folder named after a hash of everything
-    that shapes it. Texts are trained up to `max_tokens` tokens: chats in DSPy's ChatAdapter
-    format run to a few hundred.
+def code_version(*builders) -> str:
+    """A short hash of the code that shapes a cached model's weights: this module's source (the
+    tokenizer trainer, the model's initialisation, the training loop), the source of each of
+    `builders` (the caller's recipe: which of these functions it calls, with what), and the
+    major.minor versions of the libraries whose initialisers, kernels and BPE trainer the weights
+    come out of. Part of every cache key here: a cache keyed by the spec alone keeps serving the
+    model an older builder trained after the builder changes.
+
+        code_version(make)  # -> "3f9c0a1b2d4e"; a different one once `make` or tiny.py changes
+    """
+    import hashlib
+    import inspect
+    import sys
+
+    parts = [inspect.getsource(sys.modules[__name__]), *map(_source, builders),
+             *(f"{name}=={_major_minor(name)}" for name in _WEIGHT_LIBRARIES)]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+
+# Their versions shape the weights a builder produces (init schemes, BPE merges, kernels).
+_WEIGHT_LIBRARIES = ("torch", "transformers", "tokenizers")
+
+
+def _source(builder) -> str:
+    import inspect
+
+    try:
+        return inspect.getsource(builder)
+    except (OSError, TypeError):  # no source file (a REPL, a frozen module): its bytecode
+        code = builder.__code__
+        return repr((code.co_code, code.co_consts, code.co_names))
+
+
+def _major_minor(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return ".".join(version(distribution).split(".")[:2])
+    except PackageNotFoundError:
+        return "absent"
+
+
+def build_cached(name: str, spec, build) -> Path:
+    """`build_once(cache_dir() / "<name>-<key>", build)`, the key a hash of `spec` (JSON: the
+    data and settings) and of `code_version(build)` (the code): a changed recipe, builder or
+    library version builds a new folder, and never serves an old model.
+
+        path = build_cached("my-lm", {"texts": texts, "steps": 200}, make)
     """
     import hashlib
     import json
 
-    spec = json.dumps({"texts": texts, "layers": layers, "hidden": hidden, "heads": heads,
-                       "steps": steps, "seed": seed, "max_tokens": max_tokens, "version": 1},
-                      sort_keys=True)
+    keyed = json.dumps({"spec": spec, "code": code_version(build)}, sort_keys=True)
+    return build_once(cache_dir() / f"{name}-{hashlib.sha256(keyed.encode()).hexdigest()[:12]}", build)
+
+
+def cached_chat_lm(name: str, texts: list[str], *, layers: int = 2, hidden: int = 64,
+                   heads: int = 4, steps: int = 200, seed: int = 0, max_tokens: int = 640) -> Path:
+    """A tiny Llama whose tokenizer and weights are trained on `texts` (e.g. `node_chat_texts`),
+    built once under `cache_dir()` (`build_cached`: the folder is named after a hash of
+    everything that shapes it, code included). Texts are trained up to `max_tokens` tokens:
+    chats in DSPy's ChatAdapter format run to a few hundred.
+    """
+    spec = {"texts": texts, "layers": layers, "hidden": hidden, "heads": heads, "steps": steps,
+            "seed": seed, "max_tokens": max_tokens}
 
     def build(work: Path) -> None:
         build_tiny_lm(work, texts=texts, layers=layers, hidden=hidden, heads=heads, seed=seed)
         train_tiny_lm(work, texts, steps=steps, seed=seed, max_tokens=max_tokens)
 
-    return build_once(cache_dir() / f"{name}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}", build)
+    return build_cached(name, spec, build)
 
 
 def chat_template_tokenizer():

@@ -16,7 +16,6 @@ pass N has taken its first training step, then waits there to be killed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import sys
@@ -90,18 +89,17 @@ def _base_texts() -> list[str]:
 
 
 def base_model_path() -> Path:
-    """The small model, built once into the tiny-model cache (about 15 s on 2 CPU cores)."""
-    from tandemlm.tiny import build_once, build_tiny_lm, cache_dir, train_tiny_lm
+    """The small model, built once into the tiny-model cache (about 15 s on 2 CPU cores), keyed
+    by its texts and by the code that trains it (`build_cached`)."""
+    from tandemlm.tiny import build_cached, build_tiny_lm, train_tiny_lm
 
     texts = _base_texts()
-    spec = json.dumps({"texts": texts, "layers": 2, "hidden": 64, "steps": 300, "v": 1})
 
     def make(work: Path) -> None:
         build_tiny_lm(work, texts=texts, layers=2, hidden=64, heads=4, seed=0)
         train_tiny_lm(work, texts, steps=300, seed=0)
 
-    key = hashlib.sha256(spec.encode()).hexdigest()[:12]
-    return build_once(cache_dir() / f"finetune-test-base-{key}", make)
+    return build_cached("finetune-test-base", {"texts": texts}, make)
 
 
 # -- the resume test's program ----------------------------------------------------------------

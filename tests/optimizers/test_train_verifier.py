@@ -27,10 +27,14 @@ GOOD = ["apple", "river", "stone", "cloud", "tiger", "bread"]
 BAD = ["light", "piano", "grass", "ocean", "money", "house"]
 
 
-def _data(n, seed):
-    rng = random.Random(seed)
-    return [{"question": f"Name a good word ({i}).",
-             "given": rng.choice(GOOD) if rng.random() < 0.5 else rng.choice(BAD)} for i in range(n)]
+def _data(n, seed, start=0):
+    """`n` questions whose scripted answers are the twelve words in turn, shuffled: every word
+    is answered equally often (a word seen only three times may stay unlearned, and then decides
+    a sixth of a held-out set it happens to fill), and half the answers are right."""
+    words = [(GOOD + BAD)[i % len(GOOD + BAD)] for i in range(n)]
+    random.Random(seed).shuffle(words)
+    return [{"question": f"Name a good word ({start + i}).", "given": word}
+            for i, word in enumerate(words)]
 
 
 def answerer_reply(request):
@@ -38,8 +42,8 @@ def answerer_reply(request):
     return chat_reply(answer=ANSWERS[request_field(request, "question")])
 
 
-ANSWERS = {e["question"]: e["given"] for e in _data(96, seed=5)}
-TRAIN, HELD = _data(96, seed=5)[:64], _data(96, seed=5)[64:]
+TRAIN, HELD = _data(72, seed=5), _data(36, seed=6, start=72)
+ANSWERS = {e["question"]: e["given"] for e in TRAIN + HELD}
 
 
 def metric(example, prediction, trace=None):
@@ -73,12 +77,16 @@ def _verdict_accuracy(pipeline, examples):
 def test_the_verifier_learns_to_judge_held_out_answers(base, tmp_path):
     pipeline = _build(base)
     compiled = compile(pipeline, TRAIN, metric, out_dir=tmp_path, progress=False,
-                       passes=[TrainVerifier(lora=LORA, epochs=12, lr=3e-3, batch_size=8)])
+                       passes=[TrainVerifier(lora=LORA, epochs=24, lr=3e-3, batch_size=8)])
     details = compiled.compile_report[0].details
     truth = sum(e["given"] in GOOD for e in TRAIN)
     assert details["verdicts"]["verify"] == {"right": truth, "wrong": len(TRAIN) - truth}
+    # Untrained, it cannot know which words are good (any constant verdict scores 0.5 here);
+    # trained, it judges every word it saw (1.0 over compile seeds 0-4 and 1 or 2 threads; one
+    # of the twelve words left unlearned would still pass, at 0.92; labels uncorrelated with
+    # the metric reach 0.5, and so does no training).
     before, after = _verdict_accuracy(pipeline, HELD), _verdict_accuracy(compiled, HELD)
-    assert before <= 0.7 and after >= 0.9, (before, after)
+    assert after >= 0.85 and after - before >= 0.3, (before, after)
     assert compiled.nodes["verify"].model.adapter.startswith(str(tmp_path / "adapters"))
 
 
@@ -135,21 +143,30 @@ def test_train_scorer_teaches_a_small_generative_judge_its_yes_no(base, tmp_path
                         models={"small": small_model(base)}, name="judged")
 
     compiled = compile(build(), TRAIN, metric, out_dir=tmp_path, progress=False,
-                       passes=[TrainScorer(lora=LORA, epochs=20, lr=3e-3, batch_size=8, holdout=0.25)])
+                       passes=[TrainScorer(lora=LORA, epochs=30, lr=3e-3, batch_size=8, holdout=0.25)])
     details = compiled.compile_report[0].details["cascade/judge"]
     assert details["kind"] == "yes_no"
-    assert details["auc_after"] > 0.9 > details["auc_before"] + 0.2, details
+    # On its held-out pairs: 0.14-0.49 before, 1.0 after (compile seeds 0-6; 20 epochs left
+    # one seed at 0.94).
+    assert details["auc_after"] >= 0.9 and details["auc_after"] - details["auc_before"] >= 0.3, details
     judge_model = compiled.nodes["cascade"].judge_nodes[0].model
     assert judge_model.adapter.startswith(str(tmp_path / "scorers"))
 
     def outcome(pipeline):
+        """(right answers, cheap answers kept, cascade decisions that were right: the cheap
+        answer kept exactly when it is right)."""
         results = pipeline.batch(HELD)
-        right = sum(r.outputs["answer"] in GOOD for r in results) / len(results)
-        cheap = sum(r.trace[0].info["answered_by"] == 0 for r in results) / len(results)
-        return right, cheap
+        kept = [r.trace[0].info["answered_by"] == 0 for r in results]
+        good = [ANSWERS[e["question"]] in GOOD for e in HELD]
+        return (sum(r.outputs["answer"] in GOOD for r in results) / len(results),
+                sum(kept) / len(kept), sum(k == g for k, g in zip(kept, good, strict=True)) / len(kept))
 
-    # Untrained, the judge trusts no cheap answer (all escalate); trained, it keeps the cheap
-    # stage's right answers and still escalates its wrong ones.
-    assert outcome(build())[1] == 0.0
-    right, cheap = outcome(compiled)
+    # Untrained, the judge does not tell right cheap answers from wrong ones: whatever it trusts
+    # (this base model trusts every one), its decisions are right on about half of HELD, where
+    # half the cheap answers are right. Trained, it keeps the right ones and escalates the wrong
+    # ones (every decision right over compile seeds 0-6; labels uncorrelated with the metric
+    # leave the decisions at 0.5).
+    _, _, decided_before = outcome(build())
+    right, cheap, decided = outcome(compiled)
+    assert decided >= 0.85 and decided - decided_before >= 0.3, (decided_before, decided)
     assert right >= 0.9 and cheap >= 0.3, (right, cheap)
