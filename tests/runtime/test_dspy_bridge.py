@@ -56,6 +56,10 @@ def test_a_dspy_program_runs_on_a_tandem_model_and_the_engine_state_round_trips(
     assert len(lm.history) > history
     engine = TandemEngine.load_state(TandemEngine(tinies[0]).dump_state())
     assert engine.model.fingerprint == tinies[0].fingerprint
+    state = TandemEngine(tinies[0]).dump_state()
+    state["model"]["options"]["trust_remote_code"] = True  # a saved file may not turn it on
+    with pytest.raises(ConfigError, match="trust_remote_code, which is never read from a saved file"):
+        TandemEngine.load_state(state)
 
 
 def test_a_dspy_lm_as_a_tandem_backend_in_a_pipeline(tinies):

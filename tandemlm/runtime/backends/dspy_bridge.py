@@ -57,7 +57,14 @@ class TandemEngine:
 
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> TandemEngine:
-        return cls(Model.from_dict(state["model"]))
+        """The engine a saved DSPy program names. A saved file is data: it never turns on
+        `trust_remote_code` (which runs Python shipped beside weights); set that in code."""
+        config = state["model"]
+        if (config.get("options") or {}).get("trust_remote_code"):
+            raise ConfigError(f"the saved DSPy state of tandem model '{config.get('name')}' sets "
+                              f"trust_remote_code, which is never read from a saved file; build "
+                              f"the Model in code with trust_remote_code=True if you trust it")
+        return cls(Model.from_dict(config))
 
 
 def as_dspy_lm(model: Model, **lm_kwargs: Any) -> Any:
