@@ -96,8 +96,10 @@ def _bar(name: str, total: int, done: int, progress: bool) -> Iterator[Callable[
 def _check_errors(records: dict[int, Record], max_errors: int | None, partial: Callable[[], Any],
                   out: str | Path | None) -> None:
     """Abort once more than `max_errors` examples failed, writing the records so far."""
+    if max_errors is None:
+        return
     failed = [r for _, r in sorted(records.items()) if r.error is not None]
-    if max_errors is None or len(failed) <= max_errors:
+    if len(failed) <= max_errors:
         return
     partial()
     first = failed[0]

@@ -67,16 +67,16 @@ def encode_state(state: Any, root: Path, files: set[str]) -> Any:
                       f"hold JSON values and Models")
 
 
-def decode_state(data: Any, root: Path, check: ModelCheck, field: str = "state") -> Any:
+def decode_state(data: Any, check: ModelCheck, field: str = "state") -> Any:
     """Inverse of `encode_state`; every model passes `check` (see `artifact_trust`)."""
     if isinstance(data, dict) and "$model" in data:
         if data["$model"] is None:
             return None  # keep the model the program's code builds
         return check.admit(data, field)
     if isinstance(data, dict):
-        return {k: decode_state(v, root, check, f"{field}.{k}") for k, v in data.items()}
+        return {k: decode_state(v, check, f"{field}.{k}") for k, v in data.items()}
     if isinstance(data, list):
-        return [decode_state(v, root, check, f"{field}[{i}]") for i, v in enumerate(data)]
+        return [decode_state(v, check, f"{field}[{i}]") for i, v in enumerate(data)]
     return data
 
 
@@ -127,10 +127,10 @@ def verify_snapshot(snap: dict[str, Any], root: Path, where: Path) -> None:
 
 def restore_state(pipeline: Pipeline, snap: dict[str, Any], root: Path, where: Path,
                   allow_paths: Iterable[str | Path] = ()) -> None:
-    """Check `snap` (from `snapshot`) and set its state on `pipeline`, built by the user's code."""
-    verify_snapshot(snap, root, where)
+    """Set the state of `snap` (from `snapshot`, already through `verify_snapshot`) on
+    `pipeline`, built by the user's code; every model in it passes `ModelCheck`."""
     check = ModelCheck(code_models(pipeline_state(pipeline)), root, where, allow_paths)
-    set_pipeline_state(pipeline, decode_state(snap["state"], root, check))
+    set_pipeline_state(pipeline, decode_state(snap["state"], check))
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

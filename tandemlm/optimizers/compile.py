@@ -28,7 +28,7 @@ from tandemlm.evaluate import load_data
 from tandemlm.evaluate.data import require_examples
 from tandemlm.evaluate.metrics import Metric
 from tandemlm.optimizers.artifacts import (atomic_write, read_json, restore_state, save_program,
-                                           snapshot)
+                                           snapshot, verify_snapshot)
 from tandemlm.optimizers.passes import CompileContext, Pass
 from tandemlm.optimizers.report import PassReport, Reporter, RichReporter
 from tandemlm.optimizers.trace_store import TraceStore
@@ -68,6 +68,7 @@ def _resume(marker: Path, step: Pass, out: Path, pipeline: Pipeline,
         data = read_json(marker, "pass record")
         if data.get("name") != step.name or data.get("config") != step.config():
             return None
+        verify_snapshot(data["snapshot"], out, marker)
         restore_state(pipeline, data["snapshot"], out, marker)
     except ArtifactError as exc:
         reporter.note(f"{exc}; running pass '{step.name}' again")
