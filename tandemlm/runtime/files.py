@@ -52,6 +52,7 @@ def build_once(target: Path, build: Callable[[Path], object]) -> Path:
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         build(work)
+        os.chmod(work, 0o777 & ~_UMASK)  # as mkdir() would create it (mkdtemp makes it private)
         try:
             work.rename(target)
         except OSError:  # another process finished first: keep its copy
