@@ -21,6 +21,10 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+# build_once and cache_dir live in the runtime (the hf backend caches converted GGUF files
+# with them); imported here so `from tandemlm.tiny import build_once, cache_dir` keeps working
+from tandemlm.runtime.files import build_once, cache_dir
+
 BOS, EOS, PAD, UNK = "<s>", "<|im_end|>", "<pad>", "<unk>"
 IM_START = "<|im_start|>"
 SPECIAL_TOKENS = (PAD, UNK, BOS, IM_START, EOS)
@@ -194,39 +198,6 @@ def node_chat_texts(node, tokenizer, rows: list[tuple[dict, dict]]) -> list[str]
         texts.append(tokenizer.apply_chat_template(
             messages + [{"role": "assistant", "content": reply.rstrip()}], tokenize=False))
     return texts
-
-
-def cache_dir() -> Path:
-    """Where programs keep models they build: $TANDEM_CACHE, else ~/.cache/tandemlm."""
-    import os
-
-    return Path(os.environ.get("TANDEM_CACHE") or Path.home() / ".cache" / "tandemlm")
-
-
-def build_once(target: Path, build) -> Path:
-    """Run `build(work_dir)` in a temporary sibling of `target` and rename it into place, unless
-    `target` already exists: an interrupted build never lands there, and when two processes
-    race, the first to finish wins and the other's copy is dropped."""
-    import shutil
-    import tempfile
-
-    target = Path(target)
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build(work)
-        try:
-            work.rename(target)
-        except OSError:  # another process finished first: keep its copy
-            shutil.rmtree(work, ignore_errors=True)
-            if not target.is_dir():
-                raise
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return target
 
 
 def code_version(*builders) -> str:

@@ -1,12 +1,16 @@
-"""Files tandemlm writes: atomically, with the mode `open()` would give them.
+"""Files tandemlm writes: atomically, with the mode `open()` would give them, and the cache
+folder where it keeps what it builds once (tiny models, converted GGUF checkpoints).
 
     atomic_write(Path("out/summary.json"), text)   # readers never see a half-written file
+    build_once(cache_dir() / "my-model", build)    # build(work_dir) runs once, lands whole
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 _UMASK = os.umask(0o022)
@@ -30,3 +34,32 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def cache_dir() -> Path:
+    """Where tandemlm keeps what it builds once: $TANDEM_CACHE, else ~/.cache/tandemlm."""
+    return Path(os.environ.get("TANDEM_CACHE") or Path.home() / ".cache" / "tandemlm")
+
+
+def build_once(target: Path, build: Callable[[Path], object]) -> Path:
+    """Run `build(work_dir)` in a temporary sibling of `target` and rename it into place, unless
+    `target` already exists: an interrupted build never lands there, and when two processes
+    race, the first to finish wins and the other's copy is dropped."""
+    target = Path(target)
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(work)
+        os.chmod(work, 0o777 & ~_UMASK)  # as mkdir() would create it (mkdtemp makes it private)
+        try:
+            work.rename(target)
+        except OSError:  # another process finished first: keep its copy
+            shutil.rmtree(work, ignore_errors=True)
+            if not target.is_dir():
+                raise
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return target

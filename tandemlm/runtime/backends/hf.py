@@ -2,6 +2,7 @@
 
     backend = HFBackend("./models/qwen-0.5b", device="cpu", dtype="float32", batch_size=16)
     backend.generate([GenRequest(messages=({"role": "user", "content": "Hi"},))])
+    HFBackend("./models/smollm2.Q4_1.gguf")   # a GGUF file: converted once, cached (see hf_gguf)
 
 Requests sharing sampling settings run together: sorted by prompt length (less padding), cut into
 microbatches of `batch_size` sequences, one left-padded `model.generate` call each. Sampling
@@ -33,10 +34,11 @@ from tandemlm.runtime.backends.hf_prompt import (StopOnStrings, cut_at_stop, dec
                                                  render_prompt)
 from tandemlm.runtime.backends.hf_common import (DTYPES, TransformersBackend, placement,
                                                  weights_identity)
+from tandemlm.runtime.backends.hf_gguf import gguf_folder, gguf_identity, gguf_path
 from tandemlm.runtime.errors import ConfigError
 from tandemlm.runtime.types import GenRequest, GenResult, ScoreRequest, ScoreResult
 
-_OPTIONS = ("device", "dtype", "batch_size", "adapter", "trust_remote_code")
+_OPTIONS = ("device", "dtype", "batch_size", "adapter", "trust_remote_code", "gguf_file")
 _PREFIX_TOKENS = 4  # prompt tokens decoded in front of the output, see decode_continuation
 
 
@@ -72,12 +74,15 @@ class HFBackend(TransformersBackend):
     """Hugging Face transformers causal LM, loaded lazily on first use.
 
     Args:
-        model_id: local model directory (or a hub id that `from_pretrained` can resolve).
+        model_id: local model directory (or a hub id that `from_pretrained` can resolve), or a
+            GGUF file (`*.gguf`), converted once into a cached checkpoint (see `hf_gguf`).
         device: "auto" (cuda when available, else cpu), "cpu", "cuda", "cuda:1", ...
         dtype: "auto" (bfloat16 on cuda, float32 on cpu), "float32", "float16" or "bfloat16".
         batch_size: sequences decoded (or scored) at once; a request with n samples counts n.
         adapter: path of a PEFT (LoRA) adapter applied on top of the weights.
         trust_remote_code: passed to `from_pretrained`.
+        gguf_file: name of a GGUF file inside the folder `model_id`, loaded as a `*.gguf`
+            model_id is (needs `pip install 'tandemlm[gguf]'`).
     """
 
     name = "hf"
@@ -87,7 +92,8 @@ class HFBackend(TransformersBackend):
 
     def __init__(self, model_id: str, *, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 32, adapter: str | None = None,
-                 trust_remote_code: bool = False, **unknown: Any) -> None:
+                 trust_remote_code: bool = False, gguf_file: str | None = None,
+                 **unknown: Any) -> None:
         if unknown:
             raise ConfigError(f"unknown option(s) {', '.join(map(repr, sorted(unknown)))} for backend "
                               f"'hf' (model '{model_id}'); known options: {', '.join(_OPTIONS)}")
@@ -96,8 +102,12 @@ class HFBackend(TransformersBackend):
                               f"{', '.join(DTYPES)}")
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if gguf_file is not None and (not isinstance(gguf_file, str) or not gguf_file):
+            raise ConfigError(f"gguf_file must be a file name inside the folder '{model_id}', got "
+                              f"{gguf_file!r}")
         super().__init__(model_id, device=device, dtype=dtype, batch_size=batch_size,
-                         adapter=adapter, trust_remote_code=trust_remote_code)
+                         adapter=adapter, trust_remote_code=trust_remote_code, gguf_file=gguf_file)
+        self.gguf = gguf_path(model_id, gguf_file)  # the GGUF file to load, if the model is one
         self.device_option, self.dtype_option = device, dtype
         self.batch_size, self.adapter, self.trust_remote_code = batch_size, adapter, trust_remote_code
         self._lock = threading.RLock()  # guards loading and serialises use of the one model
@@ -109,6 +119,8 @@ class HFBackend(TransformersBackend):
     # ---- loading -------------------------------------------------------------------------------
 
     def _source(self) -> str:
+        if self.gguf is not None:
+            return str(gguf_folder(self.gguf))
         path = Path(self.model_id).expanduser()
         if path.exists():
             return str(path)
@@ -399,7 +411,10 @@ class HFBackend(TransformersBackend):
     # ---- identity and lifecycle ----------------------------------------------------------------
 
     def identity(self) -> str:
-        """The weights' identity (see `weights_identity`), without loading the model."""
+        """The weights' identity (see `weights_identity`; a GGUF file's sha256), without loading
+        or converting the model."""
+        if self.gguf is not None:
+            return gguf_identity(self.gguf)
         path = Path(self.model_id).expanduser()
         if not path.is_dir():
             self._source()  # a missing local path raises ConfigError
