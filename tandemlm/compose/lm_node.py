@@ -20,9 +20,10 @@ from dspy.adapters import Adapter, ChatAdapter
 from dspy.adapters.types.base_type import CUSTOM_TYPE_START_IDENTIFIER
 
 from tandemlm.compose.context import RunContext
+from tandemlm.compose.grammar import output_constraint
 from tandemlm.compose.node import Fields, Node
 from tandemlm.compose.trace import NodeTrace, account
-from tandemlm.runtime import ConfigError, GenRequest, GenResult, Model, ParseError, TandemError
+from tandemlm.runtime import ConfigError, Constraint, GenRequest, GenResult, Model, ParseError, TandemError
 
 
 def _demo_dict(demo: Any) -> dict[str, Any]:
@@ -42,6 +43,10 @@ class LMNode(dspy.Predict, Node):
         prompt_field: send this input's value as a raw prompt instead of formatting.
         key_field: send this input's value as the request key (a replay row id).
         max_tokens, temperature, top_p, n, seed, stop: generation options.
+        constrained: decode under the grammar of the adapter's format and the output fields'
+            types (`tandemlm.compose.grammar`), so every output parses. None (the default):
+            wherever the model's backend can (`hf` unless created with constrained=False,
+            `vllm`); True: required (an error on a model that cannot); False: never.
     """
 
     def __init__(self, signature: str | type[dspy.Signature], *, model: Model | str,
@@ -49,7 +54,8 @@ class LMNode(dspy.Predict, Node):
                  demos: list[dict[str, Any]] | None = None, adapter: Adapter | None = None,
                  prompt_field: str | None = None, key_field: str | None = None,
                  max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, n: int = 1,
-                 seed: int | None = None, stop: tuple[str, ...] = ()) -> None:
+                 seed: int | None = None, stop: tuple[str, ...] = (),
+                 constrained: bool | None = None) -> None:
         try:
             super().__init__(signature, max_tokens=max_tokens, temperature=temperature,
                              top_p=top_p, n=n, seed=seed, stop=tuple(stop))
@@ -65,6 +71,17 @@ class LMNode(dspy.Predict, Node):
         if prompt_field is not None and prompt_field not in self.signature.input_fields:
             raise ConfigError(f"node '{self.name}': prompt_field '{prompt_field}' is not an input "
                               f"field of its signature ({', '.join(self.signature.input_fields)})")
+        if constrained not in (None, True, False):
+            raise ConfigError(f"node '{self.name}': constrained must be None, True or False, got "
+                              f"{constrained!r}")
+        self.constrained = constrained
+        if constrained and (prompt_field is not None or output_constraint(
+                self.adapter, self.signature) is None):
+            what = ("a raw-prompt node (prompt_field) has no output format" if prompt_field
+                    else f"{type(self.adapter).__name__} has no grammar here (ChatAdapter and its "
+                         f"format-keeping subclasses and JSONAdapter do)")
+            raise ConfigError(f"node '{self.name}': constrained=True, but {what}; use "
+                              f"constrained=None or False")
         if prompt_field is not None and len(self.signature.output_fields) != 1:
             raise ConfigError(f"node '{self.name}': a raw-prompt node (prompt_field) takes the "
                               f"whole completion as its output, so it needs exactly one output field")
@@ -92,9 +109,11 @@ class LMNode(dspy.Predict, Node):
         (request,) = self.requests([values], strict=True)
         return request
 
-    def requests(self, batch: list[dict[str, Any]], strict: bool = False) -> list[GenRequest | Exception]:
+    def requests(self, batch: list[dict[str, Any]], strict: bool = False,
+                 constraint: Constraint | None = None) -> list[GenRequest | Exception]:
         """The requests for many examples; an example whose prompt cannot be formatted gets its
-        exception (raised instead when `strict`).
+        exception (raised instead when `strict`). `constraint` goes on every request (see
+        `constraint_for`).
 
         The system message and demos are the same for every example, so with DSPy's ChatAdapter
         they are formatted once per batch and only each example's user message is formatted
@@ -102,7 +121,8 @@ class LMNode(dspy.Predict, Node):
         """
         c = self.config
         options = dict(max_new_tokens=c["max_tokens"], temperature=c["temperature"],
-                       top_p=c["top_p"], n=c["n"], seed=c["seed"], stop=c["stop"])
+                       top_p=c["top_p"], n=c["n"], seed=c["seed"], stop=c["stop"],
+                       constraint=constraint)
         prefix: list[dict[str, Any]] | None = None
         out: list[GenRequest | Exception] = []
         for values in batch:
@@ -132,6 +152,17 @@ class LMNode(dspy.Predict, Node):
         if fast and user and messages[-1] == {"role": "user", "content": user}:
             prefix = messages[:-1]
         return messages, prefix
+
+    def constraint_for(self, model: Model) -> Constraint | None:
+        """The grammar this node's requests to `model` carry: its output format, when
+        constrained decoding is on for this node and `model`'s backend can do it."""
+        if self.constrained is False or self.prompt_field is not None:
+            return None
+        if self.constrained is None and not model.supports("constrained"):
+            return None
+        if self.constrained:
+            model.require("constrained")
+        return output_constraint(self.adapter, self.signature)
 
     def parse(self, text: str) -> dict[str, Any]:
         """Parse one completion into this node's output fields; raises `ParseError`."""
@@ -164,13 +195,15 @@ class LMNode(dspy.Predict, Node):
             raise ConfigError(f"node '{self.name}' has no model bound")
         traces = [NodeTrace(node=self.name, inputs=values, model=model.name) for values in inputs]
         pending: list[tuple[int, GenRequest]] = []
-        for i, request in enumerate(self.requests(inputs)):
+        constraint = self.constraint_for(model)
+        for i, request in enumerate(self.requests(inputs, constraint=constraint)):
             if isinstance(request, Exception):
                 traces[i].error = f"could not format the prompt: {type(request).__name__}: {request}"
             else:
                 pending.append((i, request))
         # One batch per attempt; an output that fails to parse is retried once, then recorded.
-        for attempt in range(2):
+        # (Under a grammar an output only fails to parse when max_tokens cut it: no retry.)
+        for attempt in range(1 if constraint is not None else 2):
             if not pending:
                 break
             results = ctx.generate(model, [req for _, req in pending])
@@ -200,6 +233,9 @@ class LMNode(dspy.Predict, Node):
             outputs = self.parse(result.text)
         except TandemError as exc:
             trace.error = str(exc)
+            if result.finish_reason == "length":
+                trace.error += (f" (the output stopped at max_tokens={self.config['max_tokens']}"
+                                f" before its format was complete: raise max_tokens)")
             return trace.error
         trace.outputs, trace.error = outputs, None
         return None

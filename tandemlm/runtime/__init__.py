@@ -8,12 +8,12 @@ from tandemlm.runtime.errors import (ArtifactError, BackendError, CapabilityErro
                                      EvaluationAborted, GraphError, ParseError, PrivacyError,
                                      RateLimited, ReplayMiss, TandemError, Unavailable)
 from tandemlm.runtime.model import Model
-from tandemlm.runtime.types import (ClassifyRequest, ClassifyResult, GenRequest, GenResult,
-                                    ScoreRequest, ScoreResult, request_texts)
+from tandemlm.runtime.types import (ClassifyRequest, ClassifyResult, Constraint, GenRequest,
+                                    GenResult, ScoreRequest, ScoreResult, request_texts)
 
 __all__ = [
     "ArtifactError", "Backend", "BackendError", "CallCache", "CapabilityError", "ClassifyRequest",
-    "ClassifyResult", "CompileError", "ConfigError", "Cost", "EvaluationAborted", "GenRequest",
+    "ClassifyResult", "CompileError", "ConfigError", "Constraint", "Cost", "EvaluationAborted", "GenRequest",
     "GenResult", "GraphError", "Ledger", "Model", "ModelUsage", "ParseError", "PrivacyError",
     "RateLimited", "ReplayMiss", "ScoreRequest", "ScoreResult", "TandemError", "Unavailable",
     "call_cost", "register_backend", "registered_backends", "request_texts", "require", "supports",

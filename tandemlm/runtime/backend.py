@@ -8,6 +8,8 @@ attributes and checked with `require` before use:
     supports_classify          classify(list[ClassifyRequest]) -> list[ClassifyResult]
     supports_next_token_logits next-token logits for token-level mixing (same vocabulary)
     supports_train             PEFT/LoRA or head training on this machine
+    supports_constrained       `GenRequest.constraint`: decoding that can only produce text the
+                               grammar matches
 
 Built-in backends register through `register_backend`, exactly as a third-party one would.
 """
@@ -22,7 +24,7 @@ from tandemlm.runtime.errors import CapabilityError, ConfigError
 from tandemlm.runtime.types import (ClassifyRequest, ClassifyResult, GenRequest, GenResult,
                                     ScoreRequest, ScoreResult)
 
-CAPABILITIES = ("logprobs", "next_token_logits", "classify", "train")
+CAPABILITIES = ("logprobs", "next_token_logits", "classify", "train", "constrained")
 
 
 class Backend:
@@ -33,6 +35,7 @@ class Backend:
     supports_next_token_logits: ClassVar[bool] = False
     supports_classify: ClassVar[bool] = False
     supports_train: ClassVar[bool] = False
+    supports_constrained: ClassVar[bool] = False
     #: True when the model runs on someone else's machine (private fields must never reach it).
     remote: ClassVar[bool] = False
     #: True when an instance's options decide its capabilities (e.g. `openai` with logprobs=True)

@@ -16,13 +16,40 @@ def _check_prompt(request: GenRequest | ScoreRequest) -> None:
         object.__setattr__(request, "messages", tuple(request.messages))
 
 
+#: grammar formats a `Constraint` may carry (llguidance reads all three; see `Constraint`)
+CONSTRAINT_KINDS = ("lark", "json_schema", "regex")
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A grammar the generated text must match, for engines that constrain decoding.
+
+    `kind` is "regex" (Rust regex syntax, the whole output), "json_schema" (a JSON schema, as
+    text) or "lark" (llguidance's Lark dialect: terminals are `/regex/` or "text", rules may embed
+    `%json {schema}`). LM nodes build one from their adapter's format and their fields' types
+    (`tandemlm.compose.grammar`), so a `Literal["yes", "no"]` field can only be yes or no.
+
+        Constraint("regex", r"(yes|no)")
+    """
+
+    kind: str
+    text: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in CONSTRAINT_KINDS:
+            raise ValueError(f"Constraint kind must be one of {', '.join(CONSTRAINT_KINDS)}, got "
+                             f"{self.kind!r}")
+
+
 @dataclass(frozen=True)
 class GenRequest:
     """One generation request.
 
     Exactly one of `messages` (chat messages, formatted by the backend with the model's chat
     template) or `prompt` (a raw string sent unformatted) is set. `key` is an optional replay key
-    (a recorded row id) that `recorded` backends prefer over the prompt text.
+    (a recorded row id) that `recorded` backends prefer over the prompt text. `constraint`, when
+    set, is a grammar the output must match; only backends that declare `supports_constrained`
+    accept one.
     """
 
     messages: tuple[dict[str, str], ...] | None = None
@@ -34,6 +61,7 @@ class GenRequest:
     n: int = 1
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    constraint: Constraint | None = None
 
     def __post_init__(self) -> None:
         _check_prompt(self)

@@ -10,15 +10,13 @@ settings come from the request alone: the checkpoint's `generation_config.json` 
 (temperature, top_k, repetition penalty, ...) are ignored, except its EOS token ids.
 
 A seeded request samples the same text whatever else shares its batch: every sampled sequence
-draws from its own seeded generator (see `_RowSampler`), so running one example or a thousand
+draws from its own seeded generator (see `hf_sampling`), so running one example or a thousand
 gives the same outputs, as the executor's contract requires.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import random
 import threading
 import time
 from collections import defaultdict
@@ -29,45 +27,24 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 
 from tandemlm.runtime.backends.hf_prompt import (StopOnStrings, cut_at_stop, decode_continuation,
-                                                 encode_continuation, encode_prompt, encode_prompts,
-                                                 left_pad,
+                                                 encode_prompt, encode_prompts, left_pad,
                                                  render_prompt)
 from tandemlm.runtime.backends.hf_common import (DTYPES, TransformersBackend, placement,
                                                  weights_identity)
+from tandemlm.runtime.backends.hf_grammar import GrammarMask, GrammarTokenizer, grammar_text
 from tandemlm.runtime.backends.hf_gguf import gguf_folder, gguf_identity, gguf_path
+from tandemlm.runtime.backends.hf_sampling import RowSampler, row_seed
 from tandemlm.runtime.errors import ConfigError
-from tandemlm.runtime.types import GenRequest, GenResult, ScoreRequest, ScoreResult
+from tandemlm.runtime.types import Constraint, GenRequest, GenResult, ScoreRequest, ScoreResult
 
-_OPTIONS = ("device", "dtype", "batch_size", "adapter", "trust_remote_code", "gguf_file")
+_OPTIONS = ("device", "dtype", "batch_size", "adapter", "trust_remote_code", "gguf_file",
+            "constrained")
 _PREFIX_TOKENS = 4  # prompt tokens decoded in front of the output, see decode_continuation
 
 
 def _looks_local(model_id: str) -> bool:
     """True for ids that can only be paths ("/x", "./x", "~/x", "a/b/c"); "org/name" may be a hub id."""
     return model_id.startswith(("/", ".", "~")) or model_id.count("/") >= 2 or "\\" in model_id
-
-
-class _RowSampler(LogitsProcessor):
-    """Sample every row from softmax(logits / T) restricted to the top-p nucleus, each row with its
-    own seeded generator, by the Gumbel-max trick: argmax(logits + Gumbel noise) is an exact sample,
-    so `generate` runs in greedy mode and its argmax does the sampling. HF's own sampler draws all
-    rows from one generator, which would make a row's text depend on its batch neighbours."""
-
-    def __init__(self, seeds: list[int], temperature: float, top_p: float, device: Any) -> None:
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-        self.temperature, self.top_p = temperature, top_p
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        scores = scores.float() / self.temperature
-        if self.top_p < 1.0:
-            ordered, order = scores.sort(dim=-1, descending=True)
-            probs = ordered.softmax(dim=-1)
-            # drop a token when the tokens ranked above it already hold top_p of the mass
-            drop = (probs.cumsum(dim=-1) - probs) > self.top_p
-            scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device)
-                               for g in self.generators])
-        return scores - torch.log(-torch.log(uniform))
 
 
 class HFBackend(TransformersBackend):
@@ -83,17 +60,22 @@ class HFBackend(TransformersBackend):
         trust_remote_code: passed to `from_pretrained`.
         gguf_file: name of a GGUF file inside the folder `model_id`, loaded as a `*.gguf`
             model_id is (needs `pip install 'tandemlm[gguf]'`).
+        constrained: decode requests that carry a grammar (`GenRequest.constraint`) under it,
+            with llguidance (see `hf_grammar`); False declares no `constrained` capability, so
+            LM nodes send this model free prompts, as to a remote API.
     """
 
     name = "hf"
     supports_logprobs = True
     supports_next_token_logits = True  # see next_token_logits
     supports_train = True  # LoRA adapters, see train_lora
+    supports_constrained = True  # grammar masks, see hf_grammar (off with constrained=False)
+    instance_capabilities = True
 
     def __init__(self, model_id: str, *, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 32, adapter: str | None = None,
                  trust_remote_code: bool = False, gguf_file: str | None = None,
-                 **unknown: Any) -> None:
+                 constrained: bool = True, **unknown: Any) -> None:
         if unknown:
             raise ConfigError(f"unknown option(s) {', '.join(map(repr, sorted(unknown)))} for backend "
                               f"'hf' (model '{model_id}'); known options: {', '.join(_OPTIONS)}")
@@ -105,8 +87,12 @@ class HFBackend(TransformersBackend):
         if gguf_file is not None and (not isinstance(gguf_file, str) or not gguf_file):
             raise ConfigError(f"gguf_file must be a file name inside the folder '{model_id}', got "
                               f"{gguf_file!r}")
+        if not isinstance(constrained, bool):
+            raise ConfigError(f"constrained must be True or False, got {constrained!r}")
         super().__init__(model_id, device=device, dtype=dtype, batch_size=batch_size,
-                         adapter=adapter, trust_remote_code=trust_remote_code, gguf_file=gguf_file)
+                         adapter=adapter, trust_remote_code=trust_remote_code, gguf_file=gguf_file,
+                         constrained=constrained)
+        self.supports_constrained = constrained
         self.gguf = gguf_path(model_id, gguf_file)  # the GGUF file to load, if the model is one
         self.device_option, self.dtype_option = device, dtype
         self.batch_size, self.adapter, self.trust_remote_code = batch_size, adapter, trust_remote_code
@@ -115,6 +101,7 @@ class HFBackend(TransformersBackend):
         self._tokenizer: Any = None
         self._eos_ids: set[int] = set()
         self._keeps_logits = False  # whether forward() takes `logits_to_keep`
+        self._grammar_tokenizer: Any = None  # llguidance's view of the vocabulary, built on use
 
     # ---- loading -------------------------------------------------------------------------------
 
@@ -213,6 +200,8 @@ class HFBackend(TransformersBackend):
             try:
                 if request.max_new_tokens < 1:
                     raise ValueError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
+                if request.constraint is not None:
+                    self._check_constraint(request.constraint)
                 texts.append(render_prompt(self._tokenizer, request.messages, request.prompt))
             except Exception as exc:
                 texts.append(exc)
@@ -231,6 +220,16 @@ class HFBackend(TransformersBackend):
             else:
                 out[i] = ids
         return out
+
+    def _check_constraint(self, constraint: Constraint) -> None:
+        """Compile a request's grammar before decoding (a bad one fails that request alone)."""
+        if not self.supports_constrained:
+            raise ConfigError(f"model '{self.model_id}' was created with constrained=False; drop "
+                              f"the request's constraint or create it with constrained=True")
+        grammar_text(constraint)
+        if self._grammar_tokenizer is None:
+            vocab = self._model.get_output_embeddings().weight.shape[0]
+            self._grammar_tokenizer = GrammarTokenizer(self._tokenizer, vocab, self._eos_ids)
 
     def _run_isolated(self, requests: list[GenRequest],
                       chunk: list[tuple[int, list[int]]]) -> list[GenResult]:
@@ -255,10 +254,15 @@ class HFBackend(TransformersBackend):
         kwargs: dict[str, Any] = {}
         if stopper is not None:
             kwargs["stopping_criteria"] = StoppingCriteriaList([stopper])
+        processors: list[LogitsProcessor] = []
+        constraints = [requests[index].constraint for index, _ in chunk for _ in range(rows)]
+        if any(c is not None for c in constraints):  # the mask goes first: sampling sees it
+            processors.append(GrammarMask(self._grammar_tokenizer, constraints))
         if not request.greedy:
-            seeds = [_row_seed(requests[index].seed, j) for index, _ in chunk for j in range(rows)]
-            kwargs["logits_processor"] = LogitsProcessorList(
-                [_RowSampler(seeds, request.temperature, request.top_p, device)])
+            seeds = [row_seed(requests[index].seed, j) for index, _ in chunk for j in range(rows)]
+            processors.append(RowSampler(seeds, request.temperature, request.top_p, device))
+        if processors:
+            kwargs["logits_processor"] = LogitsProcessorList(processors)
         started = time.perf_counter()
         with torch.inference_mode():
             output = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
@@ -315,88 +319,13 @@ class HFBackend(TransformersBackend):
     # ---- scoring -------------------------------------------------------------------------------
 
     def logprobs(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        """Log-probability of each continuation after each request's rendered prompt.
+        """Log-probability of each continuation after each request's rendered prompt, the
+        continuation tokenized apart from its context (see `hf_scoring`)."""
+        from tandemlm.runtime.backends.hf_scoring import score
 
-        Context and continuation are tokenized separately and their ids concatenated, as
-        lm-evaluation-harness does: tokenizing them jointly would let BPE merge tokens across the
-        boundary (" Yes" after "Answer:" might become one token with the colon, or split
-        differently), so the scored tokens would not be the continuation's own tokens.
-        """
         with self._lock:
             self._load()
-            results = [ScoreResult(logprobs=[0.0] * len(r.continuations),
-                                   token_logprobs=[[] for _ in r.continuations], tokens_in=0)
-                       for r in requests]
-            sequences = []  # (request index, continuation index, ids, continuation length)
-            for i, request in enumerate(requests):
-                try:
-                    sequences += self._score_sequences(i, request)
-                except Exception as exc:
-                    results[i].error = f"{type(exc).__name__}: {exc}"
-            sequences = [s for s in sequences if results[s[0]].error is None and s[3] > 0]
-            sequences.sort(key=lambda s: len(s[2]))
-            for start in range(0, len(sequences), self.batch_size):
-                self._score_isolated(sequences[start:start + self.batch_size], results)
-            for result in results:
-                if result.error is not None:
-                    result.logprobs, result.token_logprobs = [], []
-            return results
-
-    def _score_sequences(self, i: int, request: ScoreRequest) -> list[tuple[int, int, list[int], int]]:
-        context = encode_prompt(self._tokenizer,
-                                render_prompt(self._tokenizer, request.messages, request.prompt))
-        if not context:
-            raise ValueError("the prompt encodes to no tokens; a continuation needs a context")
-        limit, out = self._max_positions(), []
-        for j, continuation in enumerate(request.continuations):
-            cont = encode_continuation(self._tokenizer, continuation)
-            if limit is not None and len(context) + len(cont) > limit:
-                raise ValueError(f"prompt + continuation {j} is {len(context) + len(cont)} tokens, "
-                                 f"more than the model's {limit} positions; shorten the prompt")
-            out.append((i, j, context + cont, len(cont)))
-        return out
-
-    def _score_isolated(self, batch: list, results: list[ScoreResult]) -> None:
-        try:
-            scored = self._score_microbatch(batch)
-        except Exception as exc:
-            if len(batch) > 1:
-                for item in batch:
-                    self._score_isolated([item], results)
-            else:
-                results[batch[0][0]].error = f"{type(exc).__name__}: {exc}"
-            return
-        for (i, j, ids, _), (values, latency) in zip(batch, scored, strict=True):
-            results[i].token_logprobs[j] = values
-            results[i].logprobs[j] = float(sum(values))
-            results[i].tokens_in = (results[i].tokens_in or 0) + len(ids)
-            results[i].latency_s += latency
-
-    def _score_microbatch(self, batch: list) -> list[tuple[list[float], float]]:
-        model = self._model
-        device = next(model.parameters()).device
-        input_ids, mask = left_pad([ids for _, _, ids, _ in batch],
-                                    model.generation_config.pad_token_id, device)
-        # Left padding shifts each row's tokens right, so positions come from the mask, not the
-        # column index; otherwise a padded row would see different position embeddings.
-        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-        # Rows end together, so only the last columns matter: asking the model for those logits
-        # alone avoids a (batch x length x vocabulary) tensor, gigabytes for long prompts.
-        keep = max(n for *_, n in batch) + 1
-        extra = {"logits_to_keep": keep} if self._keeps_logits else {}
-        started = time.perf_counter()
-        with torch.inference_mode():
-            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                           **extra).logits[:, -keep:, :]
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-        latency = time.perf_counter() - started
-        out = []
-        for row, (_, _, ids, n) in enumerate(batch):
-            # logits column c predicts the token after it: columns keep-n-1 .. keep-2
-            targets = torch.tensor(ids[-n:], device=device)
-            picked = logprobs[row, keep - n - 1:keep - 1].gather(-1, targets[:, None])[:, 0]
-            out.append((picked.tolist(), latency))
-        return out
+            return score(self, requests)
 
     # ---- training ------------------------------------------------------------------------------
 
@@ -420,10 +349,3 @@ class HFBackend(TransformersBackend):
             self._source()  # a missing local path raises ConfigError
             return self.model_id
         return weights_identity(path)
-
-
-def _row_seed(seed: int | None, sample: int) -> int:
-    """Seed of sample `sample` of a request: fixed for a seeded request, fresh otherwise."""
-    if seed is None:
-        return random.SystemRandom().getrandbits(63)
-    return int.from_bytes(hashlib.sha256(f"{seed}:{sample}".encode()).digest()[:8], "big") >> 1
