@@ -2,7 +2,11 @@
 
 The same 2-node pipeline (question -> topic; question, topic -> answer) runs over 128 examples
 on the same tiny local Llama (built from a config, briefly trained to answer in DSPy's
-ChatAdapter format, saved and loaded with `from_pretrained`), three ways in one run:
+ChatAdapter format, saved and loaded with `from_pretrained`), three ways in one run. With
+`--model PATH` (a checkpoint folder or a GGUF file, e.g. the packaged SmolLM2-135M-Instruct) it
+runs that real model on real questions instead (`--data`, a .jsonl with a "question" field; MMLU's
+recorded test questions by default), and also runs tandem with constrained decoding off, so the
+parse rates of all sides print next to the ratios:
 
 1. tandem: `Pipeline.batch` — one `hf` backend batch per node per stage.
 2. DSPy 3.4: the same two signatures as `dspy.Predict` modules on a `dspy.LM` with a custom
@@ -13,13 +17,15 @@ Tandem and raw are timed `--repeats` times, interleaved, and their medians count
 times slower, once. Prints examples/s and the ratios; the last line is one JSON object.
 
     python benchmarks/batched_vs_dspy.py [--examples 128] [--threads 8] [--batch-size 64] [--repeats 3]
-        [--device cpu|cuda]
+        [--device cpu|cuda] [--model PATH [--data FILE] [--adapter chat|compact]
+        [--max-tokens N]]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import time
@@ -31,12 +37,24 @@ from dspy.lm15 import Message, Response, TextPart, Usage
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tandemlm import LMNode, Model, Pipeline
+from tandemlm.compose.adapters import CompactChatAdapter
 from tandemlm.tiny import build_tiny_lm, node_chat_texts, train_tiny_lm
 
 TOPICS = ["math", "animals", "cities", "music", "rivers", "colors", "planets", "sports"]
 WORDS = ["which", "small", "large", "model", "answer", "river", "north", "number", "blue", "song"]
 SIGNATURES = {"topic": "question -> topic", "answer": "question, topic -> answer"}
-MAX_NEW_TOKENS = 24
+MAX_NEW_TOKENS = 24  # --max-tokens
+ADAPTERS = {"chat": dspy.ChatAdapter, "compact": CompactChatAdapter}
+ADAPTER = "chat"  # --adapter: the format of tandem's and DSPy's prompts alike
+
+
+def real_questions(path: Path, n: int) -> list[dict]:
+    """The first `n` rows' "question" fields of a .jsonl file."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    questions = [{"question": str(r["question"])} for r in rows if r.get("question")][:n]
+    if len(questions) < n:
+        raise SystemExit(f"{path} has {len(questions)} rows with a 'question' field; --examples asks {n}")
+    return questions
 
 
 def make_questions(n: int, seed: int) -> list[dict]:
@@ -70,15 +88,23 @@ def build_model(workdir: Path) -> Path:
     return path
 
 
+def real_model_folder(path: Path) -> Path:
+    """The checkpoint folder all three sides load: a GGUF file's cached conversion."""
+    if path.suffix.lower() == ".gguf":
+        from tandemlm.runtime.backends.hf_gguf import gguf_folder
+
+        return gguf_folder(path)
+    return path
+
+
 DEVICE = "cpu"  # --device; float32 everywhere so the three ways compute the same thing
 
 
-def tandem_pipeline(path: Path) -> Pipeline:
+def tandem_pipeline(path: Path, constrained: bool | None = None) -> Pipeline:
     model = Model("hf", str(path), device=DEVICE, dtype="float32", batch_size=64)
-    return Pipeline([LMNode(SIGNATURES["topic"], model="tiny", name="topic", max_tokens=MAX_NEW_TOKENS),
-                     LMNode(SIGNATURES["answer"], model="tiny", name="answer",
-                            max_tokens=MAX_NEW_TOKENS)],
-                    models={"tiny": model}, name="bench")
+    nodes = [LMNode(SIGNATURES[name], model="lm", name=name, max_tokens=MAX_NEW_TOKENS,
+                    adapter=ADAPTERS[ADAPTER](), constrained=constrained) for name in SIGNATURES]
+    return Pipeline(nodes, models={"lm": model}, name="bench")
 
 
 class HFEngine:
@@ -117,8 +143,8 @@ class DSPyProgram(dspy.Module):
         return self.answer(question=question, topic=topic)
 
 
-def run_tandem(path: Path, examples: list[dict]) -> tuple[float, int]:
-    pipe = tandem_pipeline(path)
+def run_tandem(path: Path, examples: list[dict], constrained: bool | None = None) -> tuple[float, int]:
+    pipe = tandem_pipeline(path, constrained)
     pipe.batch(examples[:4])  # load weights outside the timed region
     start = time.perf_counter()
     results = pipe.batch(examples)
@@ -136,6 +162,7 @@ def run_dspy(path: Path, examples: list[dict], threads: int) -> tuple[float, int
                  max_tokens=MAX_NEW_TOKENS, num_retries=0)
     program = DSPyProgram()
     program.set_lm(lm)
+    dspy.configure(adapter=ADAPTERS[ADAPTER]())
     batch = [dspy.Example(**e).with_inputs("question") for e in examples]
     program.batch(batch[:2], num_threads=threads, disable_progress_bar=True)
     start = time.perf_counter()
@@ -148,6 +175,8 @@ def run_raw(path: Path, examples: list[dict], batch_size: int) -> float:
     topics the first stage produced), no parsing."""
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(DEVICE).eval()
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+    if tokenizer.pad_token is None:  # as the hf backend does
+        tokenizer.pad_token = tokenizer.eos_token
     pipe = tandem_pipeline(path)
     first = [pipe.nodes["topic"].request(e).messages for e in examples]
     topics = [r.outputs.get("topic", "") for r in pipe.batch(examples)]
@@ -175,30 +204,52 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs of tandem and raw (interleaved; the median counts)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the same for all three)")
+    parser.add_argument("--model", type=Path, help="a real model: checkpoint folder or .gguf file")
+    parser.add_argument("--data", type=Path, help="questions (.jsonl with 'question') for --model; "
+                        "default: mmlu_test.jsonl under $TANDEM_REPLAY_DIR or ../shared/data/replay")
+    parser.add_argument("--adapter", choices=sorted(ADAPTERS), default="chat")
+    parser.add_argument("--max-tokens", type=int, default=MAX_NEW_TOKENS)
     args = parser.parse_args()
-    global DEVICE
-    DEVICE = args.device
-    examples = make_questions(args.examples, seed=0)
+    global DEVICE, MAX_NEW_TOKENS, ADAPTER
+    DEVICE, MAX_NEW_TOKENS, ADAPTER = args.device, args.max_tokens, args.adapter
     with tempfile.TemporaryDirectory() as tmp:
-        print("building and briefly training the tiny model ...", flush=True)
-        path = build_model(Path(tmp))
+        free = None
+        if args.model is None:
+            examples = make_questions(args.examples, seed=0)
+            print("building and briefly training the tiny model ...", flush=True)
+            path = build_model(Path(tmp))
+        else:
+            data = args.data or Path(os.environ.get("TANDEM_REPLAY_DIR") or
+                                     Path(__file__).resolve().parents[2] / "shared/data/replay") / "mmlu_test.jsonl"
+            examples = real_questions(data, args.examples)
+            path = real_model_folder(args.model)
+            free = run_tandem(path, examples, constrained=False)  # parse rate without the grammar
         tandem_times, raw_times = [], []
         for _ in range(args.repeats):  # interleaved, so drift in machine speed hits both
             elapsed, ok_tandem = run_tandem(path, examples)
             tandem_times.append(elapsed)
             raw_times.append(run_raw(path, examples, args.batch_size))
-        t_dspy, ok_dspy = run_dspy(path, examples, args.threads)  # ~30 s a run: once
+        t_dspy, ok_dspy = run_dspy(path, examples, args.threads)  # the slowest: once
         t_tandem, t_raw = median(tandem_times), median(raw_times)
     n = len(examples)
     eps = {"tandem": n / t_tandem, "dspy": n / t_dspy, "raw": n / t_raw}
-    print(f"tandem batched : {eps['tandem']:8.1f} examples/s ({ok_tandem}/{n} parsed)")
+    print(f"model          : {args.model or 'tiny (trained here)'}, {n} examples, adapter {ADAPTER}, "
+          f"max {MAX_NEW_TOKENS} new tokens, {DEVICE}")
+    print(f"tandem batched : {eps['tandem']:8.1f} examples/s ({ok_tandem}/{n} parsed, "
+          f"constrained decoding on)")
+    if free is not None:
+        print(f"tandem free    : {n / free[0]:8.1f} examples/s ({free[1]}/{n} parsed, constrained "
+              f"decoding off)")
     print(f"dspy per-call  : {eps['dspy']:8.1f} examples/s ({ok_dspy}/{n} parsed, {args.threads} threads)")
     print(f"raw generate   : {eps['raw']:8.1f} examples/s (no parsing)")
     vs_dspy, vs_raw = eps["tandem"] / eps["dspy"], eps["tandem"] / eps["raw"]
     print(f"tandem / dspy = {vs_dspy:.2f}x   tandem / raw = {vs_raw:.2f}x")
-    print(json.dumps({"device": DEVICE, "tandem_eps": round(eps["tandem"], 2),
+    print(json.dumps({"device": DEVICE, "model": str(args.model or "tiny"), "examples": n,
+                      "adapter": ADAPTER, "tandem_eps": round(eps["tandem"], 2),
                       "dspy_eps": round(eps["dspy"], 2), "raw_eps": round(eps["raw"], 2),
-                      "vs_dspy": round(vs_dspy, 2), "vs_raw": round(vs_raw, 2)}))
+                      "vs_dspy": round(vs_dspy, 2), "vs_raw": round(vs_raw, 2),
+                      "parsed": {"tandem": ok_tandem, "dspy": ok_dspy,
+                                 "tandem_free": free[1] if free else None}}))
 
 
 if __name__ == "__main__":
