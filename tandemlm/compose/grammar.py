@@ -64,8 +64,9 @@ def output_constraint(adapter: Adapter, signature: Any) -> Constraint | None:
     for i, (name, info) in enumerate(fields.items()):
         pieces.append(("regex", _escape(("\n\n" if i else "") + f"[[ ## {name} ## ]]\n")))
         pieces.append(_value_piece(info.annotation))
-    pieces.append(("regex", _escape("\n\n[[ ## completed ## ]]")))
-    return Constraint("lark", _lark(pieces))
+    end = "\n\n[[ ## completed ## ]]"
+    pieces.append(("regex", _escape(end)))
+    return Constraint("lark", _lark(pieces), close=end)
 
 
 def _escape(text: str) -> str:

@@ -30,10 +30,15 @@ class Constraint:
     (`tandemlm.compose.grammar`), so a `Literal["yes", "no"]` field can only be yes or no.
 
         Constraint("regex", r"(yes|no)")
+
+    `close`, when set, is text that ends the output from inside its last free value (ChatAdapter:
+    the `[[ ## completed ## ]]` marker): an engine that sees the token budget run out forces it,
+    where the grammar allows it, so a long last answer is cut but its format still completes.
     """
 
     kind: str
     text: str
+    close: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in CONSTRAINT_KINDS:

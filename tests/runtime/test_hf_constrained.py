@@ -78,3 +78,27 @@ def test_constrained_false_models_declare_no_capability(noise_lm):
     assert not model.supports("constrained")
     request = GenRequest(prompt="x", max_new_tokens=2, constraint=Constraint("regex", "a"))
     assert "constrained=False" in model.generate([request])[0].error
+
+
+def test_a_last_free_text_field_is_closed_before_the_budget_runs_out(noise_lm):
+    """Noise rambles on in a str field; with the close text forced in time the output still ends
+    with ChatAdapter's completed marker (and stops), where the bare grammar runs out."""
+    from dataclasses import replace
+
+    from dspy.adapters import ChatAdapter
+
+    from tandemlm.compose.grammar import output_constraint
+
+    signature = dspy.Signature("claim -> verdict: Literal['yes', 'no'], note")
+    closing = output_constraint(ChatAdapter(), signature)
+    bare = replace(closing, close="")
+    model = Model("hf", str(noise_lm), device="cpu", dtype="float32", batch_size=8)
+    prompts = [dict(messages=({"role": "user", "content": c["claim"]},), max_new_tokens=60)
+               for c in CLAIMS]
+    closed = model.generate([GenRequest(**p, constraint=closing) for p in prompts])
+    cut = model.generate([GenRequest(**p, constraint=bare) for p in prompts])
+    assert all(r.text.endswith("[[ ## completed ## ]]") and r.finish_reason == "stop" for r in closed)
+    assert all(r.tokens_out <= 60 for r in closed)
+    assert any(r.finish_reason == "length" for r in cut)
+    for result in closed:
+        assert ChatAdapter().parse(signature, result.text)["verdict"] in ("yes", "no")

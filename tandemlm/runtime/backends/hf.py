@@ -257,7 +257,8 @@ class HFBackend(TransformersBackend):
         processors: list[LogitsProcessor] = []
         constraints = [requests[index].constraint for index, _ in chunk for _ in range(rows)]
         if any(c is not None for c in constraints):  # the mask goes first: sampling sees it
-            processors.append(GrammarMask(self._grammar_tokenizer, constraints))
+            processors.append(GrammarMask(self._grammar_tokenizer, constraints,
+                                          request.max_new_tokens))
         if not request.greedy:
             seeds = [row_seed(requests[index].seed, j) for index, _ in chunk for j in range(rows)]
             processors.append(RowSampler(seeds, request.temperature, request.top_p, device))

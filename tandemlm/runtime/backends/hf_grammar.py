@@ -7,6 +7,12 @@ matcher. Once a row's grammar is complete only end-of-sequence is allowed, so th
 exactly where its output ends. Masking comes before sampling, so greedy and seeded sampling both
 draw from the allowed tokens only.
 
+A constraint with a `close` text (ChatAdapter's `[[ ## completed ## ]]` marker) is closed in
+time: when a row's remaining token budget is nearly down to that text and end-of-sequence, and
+the grammar accepts the text where the row stands (inside the last free-text field), the text's
+tokens are forced (a few steps early at most). A small model that rambles on in its last field thus ends with a cut but
+well-formed answer instead of an unparseable one; in an earlier field the row runs out as before.
+
 llguidance (the engine behind OpenAI's structured outputs and one of vLLM's and SGLang's grammar
 backends) was chosen over xgrammar here: it is a 3 MB wheel with no dependencies, where
 xgrammar's wheel requires triton (286 MB) on Linux; both build a SmolLM2 mask in well under a
@@ -63,9 +69,13 @@ class GrammarTokenizer:
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError("constrained decoding needs a fast (Rust) tokenizer; this model's "
                               "tokenizer is a slow one: pass constrained=False")
-        self.vocab_size = vocab_size
+        self.hf, self.vocab_size = tokenizer, vocab_size
         self.eos_ids = sorted(eos_ids)
         self.ll = llg.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=self.eos_ids)
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (one instance per backend, lives as long)
+    def encode(self, text: str) -> tuple[int, ...]:
+        return tuple(self.hf(text, add_special_tokens=False)["input_ids"])
 
     def matcher(self, constraint: Constraint) -> Any:
         llg = _llguidance()
@@ -82,31 +92,55 @@ class GrammarMask(LogitsProcessor):
     when row i left its grammar (a token the mask allowed was refused: an engine fault), after
     which the row decodes freely and its output will not parse."""
 
-    def __init__(self, tokenizer: GrammarTokenizer, constraints: list[Constraint | None]) -> None:
+    def __init__(self, tokenizer: GrammarTokenizer, constraints: list[Constraint | None],
+                 max_new_tokens: int) -> None:
         self.tokenizer = tokenizer
         self.matchers = [tokenizer.matcher(c) if c is not None else None for c in constraints]
+        self.closes = [tokenizer.encode(c.close) if c is not None and c.close else ()
+                       for c in constraints]
+        self.forced: list[list[int]] = [[] for _ in constraints]  # tokens a row must emit next
         self.failed = [False] * len(constraints)
-        self._started = False
+        self.budget = max_new_tokens
+        self._steps = 0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self._started:  # feed each row the token the previous step chose
+        if self._steps:  # feed each row the token the previous step chose
             last = input_ids[:, -1].tolist()
             for row, matcher in enumerate(self.matchers):
                 if matcher is not None and not matcher.is_stopped() and not self.failed[row]:
                     if not matcher.consume_token(last[row]):
                         self.failed[row] = True
-        self._started = True
+        left = self.budget - self._steps  # tokens this step and later may still add
+        self._steps += 1
         vocab = scores.shape[-1]
         for row, matcher in enumerate(self.matchers):
             if matcher is None or self.failed[row]:
                 continue
+            allowed = torch.zeros(vocab, dtype=torch.bool)
             if matcher.is_stopped():  # finished: only end-of-sequence (generate pads after it)
-                allowed = torch.zeros(vocab, dtype=torch.bool, device=scores.device)
                 allowed[[i for i in self.tokenizer.eos_ids if i < vocab]] = True
+            elif self._closing(row, matcher, left):
+                allowed[self.forced[row].pop(0)] = True
             else:
-                allowed = _allowed(matcher.compute_bitmask(), vocab).to(scores.device)
-            scores[row] = scores[row].masked_fill(~allowed, float("-inf"))
+                allowed = _allowed(matcher.compute_bitmask(), vocab)
+            scores[row] = scores[row].masked_fill(~allowed.to(scores.device), float("-inf"))
         return scores
+
+    def _closing(self, row: int, matcher: Any, left: int) -> bool:
+        """Whether row's next token is forced: it is closing, or must start to. A row starts
+        once its budget is down to the close text, end-of-sequence and a few spare tokens, at the
+        first step where the grammar takes the text (a row in an earlier field, or mid-way
+        through a multi-byte character, does not)."""
+        close = self.closes[row]
+        if not self.forced[row] and close and left <= len(close) + 1 + _SPARE \
+                and not matcher.is_accepting() and matcher.validate_tokens(list(close)) == len(close):
+            self.forced[row] = list(close)
+        return bool(self.forced[row])
+
+
+# Steps before the last possible moment at which closing may start: chances to find a point
+# where the close text is valid.
+_SPARE = 6
 
 
 def _allowed(bitmask: bytes, vocab: int) -> torch.Tensor:
