@@ -155,14 +155,23 @@ class LMNode(dspy.Predict, Node):
 
     def constraint_for(self, model: Model) -> Constraint | None:
         """The grammar this node's requests to `model` carry: its output format, when
-        constrained decoding is on for this node and `model`'s backend can do it."""
+        constrained decoding is on for this node and `model`'s backend can enforce it."""
         if self.constrained is False or self.prompt_field is not None:
             return None
         if self.constrained is None and not model.supports("constrained"):
             return None
         if self.constrained:
             model.require("constrained")
-        return output_constraint(self.adapter, self.signature)
+        constraint = output_constraint(self.adapter, self.signature)
+        kinds = model.backend.constraint_kinds
+        if constraint is not None and constraint.kind not in kinds:
+            if self.constrained:
+                raise ConfigError(f"node '{self.name}': model '{model.name}' constrains only "
+                                  f"{', '.join(kinds)} grammars and {type(self.adapter).__name__}'s "
+                                  f"format is a {constraint.kind} grammar; use JSONAdapter on this "
+                                  f"node, or constrained=None to run it unconstrained there")
+            return None
+        return constraint
 
     def parse(self, text: str) -> dict[str, Any]:
         """Parse one completion into this node's output fields; raises `ParseError`."""

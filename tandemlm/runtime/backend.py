@@ -9,7 +9,7 @@ attributes and checked with `require` before use:
     supports_next_token_logits next-token logits for token-level mixing (same vocabulary)
     supports_train             PEFT/LoRA or head training on this machine
     supports_constrained       `GenRequest.constraint`: decoding that can only produce text the
-                               grammar matches
+                               grammar matches, for the grammar kinds in `constraint_kinds`
 
 Built-in backends register through `register_backend`, exactly as a third-party one would.
 """
@@ -21,8 +21,8 @@ import threading
 from typing import Any, ClassVar
 
 from tandemlm.runtime.errors import CapabilityError, ConfigError
-from tandemlm.runtime.types import (ClassifyRequest, ClassifyResult, GenRequest, GenResult,
-                                    ScoreRequest, ScoreResult)
+from tandemlm.runtime.types import (CONSTRAINT_KINDS, ClassifyRequest, ClassifyResult, GenRequest,
+                                    GenResult, ScoreRequest, ScoreResult)
 
 CAPABILITIES = ("logprobs", "next_token_logits", "classify", "train", "constrained")
 
@@ -36,6 +36,8 @@ class Backend:
     supports_classify: ClassVar[bool] = False
     supports_train: ClassVar[bool] = False
     supports_constrained: ClassVar[bool] = False
+    #: the `Constraint.kind`s a constrained backend takes (an instance may narrow them)
+    constraint_kinds: ClassVar[tuple[str, ...]] = CONSTRAINT_KINDS
     #: True when the model runs on someone else's machine (private fields must never reach it).
     remote: ClassVar[bool] = False
     #: True when an instance's options decide its capabilities (e.g. `openai` with logprobs=True)

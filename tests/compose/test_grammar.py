@@ -131,3 +131,16 @@ def test_constrained_true_is_refused_where_no_grammar_or_engine_exists():
     assert LMNode("question -> answer", model=scripted).constraint_for(scripted) is None
     with pytest.raises(CapabilityError, match="constrained"):
         LMNode("question -> answer", model=scripted, constrained=True).constraint_for(scripted)
+
+
+def test_a_json_only_engine_runs_chat_nodes_free_and_json_nodes_constrained():
+    """A server that takes JSON schemas only (OpenAI's response_format) constrains a JSONAdapter
+    node; a ChatAdapter node's grammar is not one it takes, so that node runs free (or, asked for
+    constrained=True, is refused up front)."""
+    server = Model("openai", "m", base_url="http://127.0.0.1:9/v1", structured_outputs="json_schema")
+    chat = LMNode("question -> answer", model=server)
+    assert chat.constraint_for(server) is None
+    json_node = LMNode("question -> answer", model=server, adapter=JSONAdapter())
+    assert json_node.constraint_for(server).kind == "json_schema"
+    with pytest.raises(ConfigError, match="constrains only json_schema"):
+        LMNode("question -> answer", model=server, constrained=True).constraint_for(server)

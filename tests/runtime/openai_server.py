@@ -4,8 +4,10 @@ injected faults (a labelled test double of a model server: its replies are scrip
 Each request's fault plan is looked up by its text (the last user message, or the prompt): a list
 of actions, one per attempt — "429" (with Retry-After), "500", "slow" (answers after `slow_s`),
 "drop" (closes the connection without an answer), "badjson" (200 with a broken body), "400",
-"ok" — then "ok" forever. The server records every request it received and the most requests it
-had in flight at once.
+"ok" — then "ok" forever. The server records every request it received (path, text and the whole
+JSON body) and the most requests it had in flight at once. A request that asks for structured
+output (OpenAI's `response_format` or vLLM's `structured_outputs` field) is answered with
+`structured_reply` when one is given, as a server decoding under that grammar would.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any
 
 class FaultyServer:
     def __init__(self, plan: dict[str, list[str]] | None = None, *, retry_after: str = "0.05",
-                 slow_s: float = 1.0, delay_s: float = 0.0) -> None:
+                 slow_s: float = 1.0, delay_s: float = 0.0, structured_reply: str | None = None) -> None:
         self.plan = {k: list(v) for k, v in (plan or {}).items()}
+        self.structured_reply = structured_reply
         self.retry_after, self.slow_s, self.delay_s = retry_after, slow_s, delay_s
         self.received: list[dict[str, Any]] = []
         self.in_flight = self.max_in_flight = 0
@@ -91,7 +94,9 @@ class FaultyServer:
                 "text_offset": offsets + [len(text)]}}]})
             return
         n = body.get("n", 1)
-        reply = f"echo: {text}"
+        structured = "response_format" in body or "structured_outputs" in body
+        reply = self.structured_reply if structured and self.structured_reply is not None \
+            else f"echo: {text}"
         choice = (lambda i: {"index": i, "message": {"role": "assistant", "content": reply},
                              "finish_reason": "stop"}) if chat else \
             (lambda i: {"index": i, "text": reply, "finish_reason": "stop"})

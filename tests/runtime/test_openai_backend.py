@@ -4,11 +4,13 @@ and a request that cannot succeed fails alone, attributed to its example."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tandemlm import Model, Pipeline, evaluate
 from tandemlm.modules import Solve
-from tandemlm.runtime import ConfigError, GenRequest
+from tandemlm.runtime import ConfigError, Constraint, GenRequest
 
 from openai_server import FaultyServer
 
@@ -130,3 +132,72 @@ def test_with_logprobs_it_scores_continuations_from_echoed_prompt_logprobs(serve
     assert not chat.ok and "raw prompts" in chat.error
     body = next(r["body"] for r in s.received if r["text"] == "Is it? No thanks")
     assert body["echo"] is True and body["logprobs"] == 0 and body["max_tokens"] == 1
+
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+          "additionalProperties": False}
+LARK = "start: T0\nT0: /(yes|no)/\n"
+
+
+def _constrained(server):
+    return [_chat("free"), _chat("schema", constraint=Constraint("json_schema", json.dumps(SCHEMA))),
+            _chat("regex", constraint=Constraint("regex", "(yes|no)")),
+            _chat("lark", constraint=Constraint("lark", LARK)),
+            GenRequest(prompt="raw schema", constraint=Constraint("json_schema", json.dumps(SCHEMA)))]
+
+
+def test_by_default_no_constraint_is_declared_or_sent(server):
+    s = server()
+    model = _model(s.url)
+    assert not model.supports("constrained")
+    got = model.generate(_constrained(s))
+    assert got[0].ok and all(not r.ok and "without structured_outputs" in r.error for r in got[1:])
+    assert [r["text"] for r in s.received] == ["free"]  # a refused request is never sent
+    with pytest.raises(ConfigError, match="structured_outputs must be None"):
+        _model(s.url, structured_outputs="guided").generate([_chat("x")])
+
+
+def test_json_schema_mode_sends_openais_response_format_and_refuses_other_grammars(server):
+    s = server()
+    model = _model(s.url, structured_outputs="json_schema")
+    assert model.supports("constrained")
+    free, schema, regex, lark, raw = model.generate(_constrained(s))
+    assert free.ok and schema.ok and raw.ok
+    for refused in (regex, lark):
+        assert not refused.ok and "takes JSON schemas only" in refused.error
+        assert "JSONAdapter" in refused.error
+    bodies = {r["text"]: r["body"] for r in s.received}
+    assert sorted(bodies) == ["free", "raw schema", "schema"]
+    expected = {"type": "json_schema", "json_schema": {"name": "output", "schema": SCHEMA, "strict": True}}
+    assert bodies["schema"]["response_format"] == expected == bodies["raw schema"]["response_format"]
+    assert "response_format" not in bodies["free"] and "structured_outputs" not in bodies["schema"]
+
+
+def test_vllm_mode_sends_vllms_structured_outputs_field_for_every_kind(server):
+    s = server()
+    model = _model(s.url, structured_outputs="vllm")
+    assert all(r.ok for r in model.generate(_constrained(s)))
+    bodies = {r["text"]: r["body"] for r in s.received}
+    assert "structured_outputs" not in bodies["free"]
+    assert bodies["schema"]["structured_outputs"] == {"json": SCHEMA}
+    assert bodies["regex"]["structured_outputs"] == {"regex": "(yes|no)"}
+    assert bodies["lark"]["structured_outputs"] == {"grammar": LARK}
+    assert bodies["raw schema"]["structured_outputs"] == {"json": SCHEMA}
+    assert all("response_format" not in b for b in bodies.values())
+
+
+def test_a_json_adapter_node_gets_its_schema_sent_and_parses_the_answer(server):
+    from dspy.adapters import JSONAdapter
+
+    s = server(structured_reply='{"answer": "four", "count": 4}')
+    model = _model(s.url, structured_outputs="json_schema")
+    node = Solve("question -> answer, count: int", model=model, adapter=JSONAdapter())
+    (out,) = Pipeline([node]).batch([{"question": "2 + 2?"}])
+    assert out.ok and out.outputs == {"answer": "four", "count": 4}
+    (received,) = s.received
+    schema = received["body"]["response_format"]["json_schema"]["schema"]
+    assert schema["required"] == ["answer", "count"] and schema["properties"]["count"]["type"] == "integer"
+    # ChatAdapter's format is a lark grammar, which this server does not take: the node runs free
+    chat = Solve("question -> answer", model=model, name="chat")
+    Pipeline([chat]).batch([{"question": "2 + 2?"}])
+    assert len(s.received) >= 2 and all("response_format" not in r["body"] for r in s.received[1:])

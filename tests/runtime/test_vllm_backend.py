@@ -4,13 +4,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
 from tandemlm import Model
-from tandemlm.runtime import ConfigError, GenRequest, ScoreRequest
+from tandemlm.runtime import ConfigError, Constraint, GenRequest, ScoreRequest
 
 FAKE = Path(__file__).parent / "fake_vllm"
 
@@ -24,6 +25,7 @@ def vllm(monkeypatch):
     from tandemlm.runtime.backends import vllm_backend
 
     fake.CALLS.clear()
+    monkeypatch.setattr(fake, "STRUCTURED_REPLIES", [])
     monkeypatch.setattr(vllm_backend, "_ENGINES", {})
     monkeypatch.setattr(vllm_backend, "_ADAPTER_IDS", {})
     return fake
@@ -92,3 +94,69 @@ def test_unknown_options_and_a_missing_vllm_are_clear_errors(monkeypatch):
     monkeypatch.setattr(vllm_backend, "_ENGINES", {})
     with pytest.raises(ConfigError, match="tandemlm\\[vllm\\]"):
         vllm_backend.VLLMBackend("org/small").engine()
+
+
+def test_each_requests_constraint_reaches_sampling_params_as_structured_outputs(vllm):
+    from vllm.sampling_params import StructuredOutputsParams
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    lark = 'start: T0\nT0: /\\[\\[ ## verdict ## \\]\\]\\n(?:yes|no)/\n'
+    vllm.STRUCTURED_REPLIES[:] = ["no", '{"n": 7}', "[[ ## verdict ## ]]\nyes"]
+    model = Model("vllm", "org/small")
+    assert model.supports("constrained")
+    got = model.generate([_chat("free"), _chat("a", constraint=Constraint("json_schema", json.dumps(schema))),
+                          _chat("b", constraint=Constraint("regex", "(yes|no)")),
+                          _chat("c", constraint=Constraint("lark", lark))])
+    assert [r.text for r in got] == ["fake:<assistant> ", '{"n": 7}', "no", "[[ ## verdict ## ]]\nyes"]
+    engine = vllm.CALLS[0][1]
+    assert engine["structured_outputs_config"] == {"backend": "guidance"}  # lark needs guidance
+    (_, chat), = [(n, c) for n, c in vllm.CALLS if n == "chat"]
+    free, json_params, regex_params, lark_params = (p.structured_outputs for p in chat["params"])
+    assert free is None
+    assert isinstance(json_params, StructuredOutputsParams) and json_params.json == schema
+    assert json_params.regex is None and json_params.grammar is None
+    assert regex_params.kind() == ("regex", "(yes|no)")
+    assert lark_params.kind() == ("grammar", lark)
+
+
+def test_a_constrained_lm_node_decodes_to_text_it_parses(vllm):
+    from tandemlm import Pipeline
+    from tandemlm.modules import Solve
+
+    vllm.STRUCTURED_REPLIES[:] = ["[[ ## verdict ## ]]\nmaybe\n\n[[ ## completed ## ]]",
+                                  "[[ ## verdict ## ]]\nno\n\n[[ ## completed ## ]]"]
+    node = Solve("question -> verdict: Literal['yes', 'no']", model=Model("vllm", "org/small"))
+    (out,) = Pipeline([node]).batch([{"question": "Is it?"}])
+    assert out.ok and out.outputs["verdict"] == "no"  # the grammar refuses "maybe": the fake skips it
+    (_, chat), = [(n, c) for n, c in vllm.CALLS if n == "chat"]
+    assert chat["params"][0].structured_outputs.grammar.startswith("start: ")
+
+
+def test_a_constraint_that_cannot_run_fails_alone_with_the_fix(vllm, monkeypatch):
+    lark = Constraint("lark", "start: T0\nT0: /yes/\n")
+    vllm.STRUCTURED_REPLIES[:] = ["yes"]
+    xgrammar = Model("vllm", "org/small", structured_outputs_config={"backend": "xgrammar"})
+    got = xgrammar.generate([_chat("a", constraint=lark), _chat("b", constraint=Constraint("regex", "yes"))])
+    assert not got[0].ok and "'guidance'" in got[0].error and "JSONAdapter" in got[0].error
+    assert got[1].ok and got[1].text == "yes"
+    engine = [c for n, c in vllm.CALLS if n == "LLM"][0]
+    assert engine["structured_outputs_config"] == {"backend": "xgrammar"}  # the user's choice kept
+
+    off = Model("vllm", "org/small", constrained=False)
+    assert not off.supports("constrained")
+    (refused, free) = off.generate([_chat("a", constraint=lark), _chat("b")])
+    assert not refused.ok and "constrained=False" in refused.error and free.ok
+
+    monkeypatch.delattr(sys.modules["vllm.sampling_params"], "StructuredOutputsParams")  # vLLM < 0.12
+    monkeypatch.setattr(vllm, "__version__", "0.11.2")
+    (old, free) = Model("vllm", "org/small").generate([_chat("a", constraint=lark), _chat("b")])
+    assert not old.ok and "needs vLLM >= 0.12" in old.error and "vLLM 0.11.2 has none" in old.error
+    assert free.ok
+
+
+def test_models_on_one_base_share_one_engine_whether_or_not_they_constrain(vllm):
+    for model in (Model("vllm", "org/small"), Model("vllm", "org/small", constrained=False),
+                  Model("vllm", "org/small", structured_outputs_config={"disable_any_whitespace": True})):
+        model.generate([_chat("hi")])
+    engines = [c["structured_outputs_config"] for n, c in vllm.CALLS if n == "LLM"]
+    assert engines == [{"backend": "guidance"}, {"disable_any_whitespace": True, "backend": "guidance"}]

@@ -20,6 +20,20 @@ the continuation's tokens are found by their `text_offset` — servers that retu
 log-probabilities this way (vLLM's, llama.cpp's) support it. Chat-message score requests need the
 chat template applied, which the server's `/completions` does not do: send them as raw prompts.
 
+Constrained decoding (`GenRequest.constraint`) is off by default: a generic OpenAI-compatible
+server may reject fields it does not know, so the backend declares no `constrained` capability
+and LM nodes send it free prompts. `structured_outputs` names what the server takes:
+
+    "json_schema"  OpenAI's structured outputs: `response_format={"type": "json_schema",
+                   "json_schema": {"name": "output", "schema": ..., "strict": true}}` (OpenAI,
+                   and servers that copy it; raw prompts send it to /completions too, which vLLM
+                   takes and OpenAI does not). JSON schemas only: a request with a lark or regex
+                   grammar (a ChatAdapter node's) fails alone; give that node a JSONAdapter.
+    "vllm"         a vLLM (>= 0.12) server's extra field `structured_outputs: {"json" | "regex" |
+                   "grammar": ...}`, every kind. A "lark" grammar is llguidance's dialect, which
+                   vLLM reads only with its guidance backend: start the server with
+                   `--structured-outputs-config.backend guidance`.
+
     large = Model("openai", "gpt-4o-mini", base_url="https://api.openai.com/v1", price=(0.15, 0.6))
     local = Model("openai", "qwen", base_url=["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"])
 """
@@ -41,9 +55,12 @@ import httpx
 
 from tandemlm.runtime.backend import Backend
 from tandemlm.runtime.errors import ConfigError
-from tandemlm.runtime.types import GenRequest, GenResult, ScoreRequest, ScoreResult
+from tandemlm.runtime.types import Constraint, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+STRUCTURED_OUTPUTS = ("json_schema", "vllm")  # see the module docstring
+#: `Constraint.kind` -> the key of vLLM's `structured_outputs` request field
+_VLLM_FIELDS = {"json_schema": "json", "regex": "regex", "lark": "grammar"}
 
 
 class _Retry(Exception):
@@ -57,17 +74,18 @@ class _Retry(Exception):
 class OpenAIBackend(Backend):
     """See the module docstring. Options: base_url (one URL or a list), api_key_env,
     max_concurrency, timeout (seconds per request), max_retries, backoff, max_backoff,
-    extra_body (fields added to every request body)."""
+    extra_body (fields added to every request body), logprobs, structured_outputs (None,
+    "json_schema" or "vllm")."""
 
     name = "openai"
     remote = True
-    instance_capabilities = True  # logprobs=True declares scoring
+    instance_capabilities = True  # logprobs=True declares scoring, structured_outputs constraints
 
     def __init__(self, model_id: str, *, base_url: str | list[str] | None = None,
                  api_key_env: str = "OPENAI_API_KEY", max_concurrency: int = 8, timeout: float = 60.0,
                  max_retries: int = 5, backoff: float = 0.5, max_backoff: float = 30.0,
                  extra_body: dict[str, Any] | None = None, logprobs: bool = False,
-                 **unknown: Any) -> None:
+                 structured_outputs: str | None = None, **unknown: Any) -> None:
         if unknown:
             raise ConfigError(f"unknown openai backend options: {', '.join(sorted(unknown))}"
                               + ("; give the key through the environment (api_key_env=NAME), "
@@ -78,6 +96,10 @@ class OpenAIBackend(Backend):
                               f"(or a list of them), got {base_url!r}")
         if max_concurrency < 1 or max_retries < 0 or timeout <= 0:
             raise ConfigError("openai backend: max_concurrency >= 1, max_retries >= 0, timeout > 0")
+        if structured_outputs is not None and structured_outputs not in STRUCTURED_OUTPUTS:
+            raise ConfigError(f"openai model '{model_id}': structured_outputs must be None (no "
+                              f"constrained decoding), 'json_schema' (OpenAI's response_format) or "
+                              f"'vllm' (a vLLM server), got {structured_outputs!r}")
         super().__init__(model_id)
         self.urls = [u.rstrip("/") for u in urls]
         self.api_key_env, self.timeout = api_key_env, float(timeout)
@@ -85,6 +107,10 @@ class OpenAIBackend(Backend):
         self.backoff, self.max_backoff = float(backoff), float(max_backoff)
         self.extra_body = dict(extra_body or {})
         self.supports_logprobs = bool(logprobs)  # the server must return prompt log-probabilities
+        self.structured_outputs = structured_outputs
+        self.supports_constrained = structured_outputs is not None
+        if structured_outputs == "json_schema":  # ChatAdapter nodes then run free, JSON ones not
+            self.constraint_kinds = ("json_schema",)
         self._next_url = itertools.count()
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
@@ -109,7 +135,8 @@ class OpenAIBackend(Backend):
 
     # -- requests ------------------------------------------------------------------------------
     def body(self, request: GenRequest) -> tuple[str, dict[str, Any]]:
-        """(endpoint path, JSON body) of one request."""
+        """(endpoint path, JSON body) of one request; a `ConfigError` when its constraint cannot
+        be sent to this server."""
         body: dict[str, Any] = {"model": self.model_id, "max_tokens": request.max_new_tokens,
                                 "temperature": request.temperature, "top_p": request.top_p,
                                 "n": request.n, **self.extra_body}
@@ -117,9 +144,35 @@ class OpenAIBackend(Backend):
             body["seed"] = request.seed
         if request.stop:
             body["stop"] = list(request.stop)
+        if request.constraint is not None:
+            body.update(self.constraint_fields(request.constraint))
         if request.messages is not None:
             return "/chat/completions", {**body, "messages": [dict(m) for m in request.messages]}
         return "/completions", {**body, "prompt": request.prompt}
+
+    def constraint_fields(self, constraint: Constraint) -> dict[str, Any]:
+        """The request-body fields that carry a constraint (see the module docstring)."""
+        if self.structured_outputs is None:
+            raise ConfigError(f"openai model '{self.model_id}' was created without structured_outputs, "
+                              f"so it cannot constrain decoding; create it with structured_outputs="
+                              f"'json_schema' (OpenAI's response_format) or 'vllm' (a vLLM server), "
+                              f"or drop the constraint")
+        if self.structured_outputs == "json_schema" and constraint.kind != "json_schema":
+            raise ConfigError(f"openai model '{self.model_id}' (structured_outputs='json_schema') "
+                              f"takes JSON schemas only, but this request carries a {constraint.kind} "
+                              f"grammar; use JSONAdapter on that node (its output is a JSON schema), "
+                              f"or structured_outputs='vllm' for a vLLM server")
+        value: Any = constraint.text
+        if constraint.kind == "json_schema":
+            try:
+                value = json.loads(constraint.text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"json_schema constraint is not JSON ({exc}): "
+                                  f"{constraint.text[:200]}") from None
+        if self.structured_outputs == "json_schema":
+            return {"response_format": {"type": "json_schema", "json_schema": {
+                "name": "output", "schema": value, "strict": True}}}
+        return {"structured_outputs": {_VLLM_FIELDS[constraint.kind]: value}}
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         if not requests:
@@ -129,7 +182,10 @@ class OpenAIBackend(Backend):
             return list(pool.map(self._one, requests))
 
     def _one(self, request: GenRequest) -> GenResult:
-        path, body = self.body(request)
+        try:
+            path, body = self.body(request)
+        except ConfigError as exc:  # this request's constraint: it fails alone, unsent
+            return GenResult.failed(str(exc))
         start = time.perf_counter()
         try:
             return self._send(path, body, lambda data: self._parse(data, path, time.perf_counter() - start))

@@ -11,24 +11,37 @@ when a small and a large model share it.
   stop, max_tokens); if vLLM rejects the batch, requests run one by one so a bad one fails alone.
 * `logprobs`: continuation scoring from `prompt_logprobs` (the prompt rendered with the model's
   chat template, each continuation appended, one token generated).
+* constrained decoding (`supports_constrained`, off with constrained=False): a request's
+  `constraint` becomes vLLM's structured outputs (vLLM >= 0.12), `SamplingParams(structured_outputs=
+  StructuredOutputsParams(json=... | regex=... | grammar=...))`, per request; a request without
+  one gets none. LM nodes send "lark" grammars (ChatAdapter's format) in llguidance's Lark dialect,
+  which only vLLM's `guidance` structured-outputs backend reads (xgrammar reads GBNF/EBNF), so the
+  engine is created with `structured_outputs_config={"backend": "guidance"}` unless the options
+  name a backend themselves (`structured_outputs_config={"backend": "xgrammar", ...}`; lark
+  requests then fail alone, JSON and regex ones still run). The default is added whether or not
+  this model constrains, so that every Model on one base model keeps sharing one engine.
 
     small = Model("vllm", "Qwen/Qwen2.5-0.5B-Instruct", gpu_memory_utilization=0.3, max_lora_rank=16)
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
 from tandemlm.runtime.backend import Backend
 from tandemlm.runtime.errors import ConfigError
-from tandemlm.runtime.types import GenRequest, GenResult, ScoreRequest, ScoreResult
+from tandemlm.runtime.types import Constraint, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 _ENGINES: dict[tuple, Any] = {}
 _ADAPTER_IDS: dict[str, int] = {}
 _LOCK = threading.Lock()
 ENGINE_OPTIONS = ("dtype", "seed", "gpu_memory_utilization", "max_model_len", "max_lora_rank",
-                  "max_loras", "tensor_parallel_size", "enforce_eager", "trust_remote_code")
+                  "max_loras", "tensor_parallel_size", "enforce_eager", "trust_remote_code",
+                  "structured_outputs_config")
+#: `Constraint.kind` -> the `StructuredOutputsParams` field that carries it
+_STRUCTURED_FIELDS = {"json_schema": "json", "regex": "regex", "lark": "grammar"}
 
 
 def _vllm() -> Any:
@@ -41,20 +54,29 @@ def _vllm() -> Any:
 
 
 class VLLMBackend(Backend):
-    """See the module docstring. Options: adapter (a LoRA adapter directory) and the engine
-    options in `ENGINE_OPTIONS` (passed to `vllm.LLM`)."""
+    """See the module docstring. Options: adapter (a LoRA adapter directory), constrained (False:
+    no `constrained` capability, so LM nodes send free prompts) and the engine options in
+    `ENGINE_OPTIONS` (passed to `vllm.LLM`)."""
 
     name = "vllm"
     supports_logprobs = True
+    supports_constrained = True  # structured outputs, see the module docstring
+    instance_capabilities = True  # constrained=False turns it off
 
-    def __init__(self, model_id: str, *, adapter: str | None = None, **options: Any) -> None:
+    def __init__(self, model_id: str, *, adapter: str | None = None, constrained: bool = True,
+                 **options: Any) -> None:
         unknown = sorted(set(options) - set(ENGINE_OPTIONS))
         if unknown:
             raise ConfigError(f"unknown vllm backend options: {', '.join(unknown)}; engine options: "
                               f"{', '.join(ENGINE_OPTIONS)}")
+        if not isinstance(constrained, bool):
+            raise ConfigError(f"constrained must be True or False, got {constrained!r}")
         super().__init__(model_id, **options)
         self.adapter = adapter
-        self.engine_options = dict(options)
+        self.supports_constrained = constrained
+        self.engine_options = _with_guidance(options)
+        if _structured_backend(self.engine_options) != "guidance":  # lark is llguidance's dialect
+            self.constraint_kinds = ("json_schema", "regex")
 
     def identity(self) -> str:
         return self.model_id
@@ -63,7 +85,7 @@ class VLLMBackend(Backend):
     def engine(self) -> Any:
         """The shared `vllm.LLM` of this base model and engine options (LoRA always enabled, so
         adapters of any node can join it later)."""
-        key = (self.model_id, tuple(sorted(self.engine_options.items())))
+        key = (self.model_id, json.dumps(self.engine_options, sort_keys=True, default=repr))
         with _LOCK:
             if key not in _ENGINES:
                 options = {"max_lora_rank": 16, **self.engine_options}
@@ -80,11 +102,44 @@ class VLLMBackend(Backend):
             lora_id = _ADAPTER_IDS.setdefault(self.adapter, len(_ADAPTER_IDS) + 1)
         return LoRARequest(lora_name=f"adapter-{lora_id}", lora_int_id=lora_id, lora_path=self.adapter)
 
-    @staticmethod
-    def sampling(request: GenRequest) -> Any:
+    def sampling(self, request: GenRequest) -> Any:
+        """The request's `SamplingParams`; `structured_outputs` only when it carries a constraint
+        (so an unconstrained request also runs on a vLLM without the field)."""
+        extra = {}
+        if request.constraint is not None:
+            extra["structured_outputs"] = self.structured_outputs(request.constraint)
         return _vllm().SamplingParams(n=request.n, temperature=request.temperature, top_p=request.top_p,
                                       seed=request.seed, stop=list(request.stop) or None,
-                                      max_tokens=request.max_new_tokens)
+                                      max_tokens=request.max_new_tokens, **extra)
+
+    def structured_outputs(self, constraint: Constraint) -> Any:
+        """vLLM's `StructuredOutputsParams` for a constraint; raises `ConfigError` saying why it
+        cannot run (the request then fails alone)."""
+        if not self.supports_constrained:
+            raise ConfigError(f"model '{self.model_id}' was created with constrained=False; drop the "
+                              f"request's constraint or create it with constrained=True")
+        try:
+            from vllm.sampling_params import StructuredOutputsParams
+        except ImportError:
+            version = getattr(_vllm(), "__version__", "unknown")
+            raise ConfigError(f"constrained decoding on backend 'vllm' needs vLLM >= 0.12 "
+                              f"(vllm.sampling_params.StructuredOutputsParams); the installed vLLM "
+                              f"{version} has none: pip install -U 'vllm>=0.12', or create the model "
+                              f"with constrained=False") from None
+        backend = _structured_backend(self.engine_options)
+        if constraint.kind == "lark" and backend != "guidance":
+            raise ConfigError(f"a lark grammar (llguidance's dialect) needs vLLM's 'guidance' "
+                              f"structured-outputs backend, but model '{self.model_id}' sets "
+                              f"structured_outputs_config backend {backend!r}; drop that option, set "
+                              f"it to 'guidance', or use JSONAdapter on the node (a JSON schema)")
+        value: Any = constraint.text
+        if constraint.kind == "json_schema":
+            try:
+                value = json.loads(constraint.text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"json_schema constraint is not JSON ({exc}): "
+                                  f"{constraint.text[:200]}") from None
+        return StructuredOutputsParams(**{_STRUCTURED_FIELDS[constraint.kind]: value})
 
     # -- generation ------------------------------------------------------------------------------
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
@@ -98,15 +153,31 @@ class VLLMBackend(Backend):
         return results  # type: ignore[return-value]
 
     def _run(self, requests: list[GenRequest], chat: bool) -> list[GenResult]:
+        """Sampling parameters per request (one that cannot be built fails alone), then one call."""
+        results: list[GenResult | None] = [None] * len(requests)
+        ready: list[tuple[int, Any]] = []
+        for i, request in enumerate(requests):
+            try:
+                ready.append((i, self.sampling(request)))
+            except Exception as exc:
+                results[i] = GenResult.failed(f"vllm: {type(exc).__name__}: {exc}")
+        if ready:
+            done = self._submit([requests[i] for i, _ in ready], [p for _, p in ready], chat)
+            for (i, _), result in zip(ready, done, strict=True):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    def _submit(self, requests: list[GenRequest], params: list[Any], chat: bool) -> list[GenResult]:
         try:
-            return self._call(requests, chat)
+            return self._call(requests, params, chat)
         except Exception as exc:
             if len(requests) == 1:
                 return [GenResult.failed(f"vllm: {type(exc).__name__}: {exc}")]
-            return [self._run([r], chat)[0] for r in requests]  # isolate the bad request
+            return [self._submit([r], [p], chat)[0]  # isolate the bad request
+                    for r, p in zip(requests, params, strict=True)]
 
-    def _call(self, requests: list[GenRequest], chat: bool) -> list[GenResult]:
-        llm, params = self.engine(), [self.sampling(r) for r in requests]
+    def _call(self, requests: list[GenRequest], params: list[Any], chat: bool) -> list[GenResult]:
+        llm = self.engine()
         if chat:
             outputs = llm.chat([[dict(m) for m in r.messages] for r in requests], params,
                                use_tqdm=False, lora_request=self.lora())
@@ -149,3 +220,20 @@ class VLLMBackend(Backend):
             results.append(ScoreResult(logprobs=[sum(t) for t in tokens], token_logprobs=tokens,
                                        tokens_in=sum(len(t) for t in tokens)))
         return results
+
+
+def _with_guidance(options: dict[str, Any]) -> dict[str, Any]:
+    """Engine options with vLLM's guidance structured-outputs backend unless they name a backend
+    (see the module docstring); a `StructuredOutputsConfig` object is taken as given."""
+    config = options.get("structured_outputs_config")
+    if config is None:
+        return {**options, "structured_outputs_config": {"backend": "guidance"}}
+    if isinstance(config, dict) and "backend" not in config:
+        return {**options, "structured_outputs_config": {**config, "backend": "guidance"}}
+    return dict(options)
+
+
+def _structured_backend(options: dict[str, Any]) -> str:
+    config = options.get("structured_outputs_config")
+    backend = config.get("backend") if isinstance(config, dict) else getattr(config, "backend", None)
+    return str(backend or "auto")

@@ -8,41 +8,40 @@ API would not take (`vllm/entrypoints/llm.py`: `LLM.__init__(model, *, ..., **en
 
 Replies: "fake:<last 12 characters of the prompt>" per sample; the tokenizer splits on spaces;
 prompt log-probabilities are -0.5 per token, -0.25 for tokens equal to "Yes".
+
+Structured outputs (vLLM >= 0.12): `LLM(structured_outputs_config={"backend": ...})` and
+`SamplingParams(structured_outputs=StructuredOutputsParams(...))` (see `vllm.sampling_params`).
+A constrained request's grammar is compiled with llguidance exactly as vLLM's guidance backend
+does (`vllm/v1/structured_output/backend_guidance.py`: `grammar_from("grammar" | "regex" |
+"choice", spec)`, JSON through `grammar_from_json_schema`), so a grammar vLLM would reject is
+rejected here; the reply is the first of `STRUCTURED_REPLIES` (scripted by the test) that the
+grammar accepts byte by byte, and no conforming candidate is an error. An engine whose backend is
+xgrammar, outlines or lm-format-enforcer refuses a `grammar` request: the grammars sent here are
+llguidance's Lark dialect, which only the guidance backend reads.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from vllm.sampling_params import SamplingParams, StructuredOutputsParams, _check
+
+__all__ = ["LLM", "SamplingParams", "StructuredOutputsParams"]
+__version__ = "0.33.0"
+
 CALLS: list[tuple[str, dict[str, Any]]] = []
-# engine arguments the real LLM forwards to EngineArgs, with their types
+#: candidate replies of constrained requests (a test scripts them; see the module docstring)
+STRUCTURED_REPLIES: list[str] = []
+# engine arguments the real LLM takes (its own keywords and those it forwards to EngineArgs)
 ENGINE_ARGS = {"enable_lora": bool, "max_lora_rank": int, "max_loras": int, "max_model_len": int,
                "dtype": str, "seed": int, "gpu_memory_utilization": float, "tensor_parallel_size": int,
-               "enforce_eager": bool, "trust_remote_code": bool}
-
-
-def _check(name: str, value: Any, kind: Any) -> None:
-    if value is not None and not isinstance(value, kind):
-        raise TypeError(f"fake vllm: {name} must be {kind}, got {type(value).__name__}")
-
-
-@dataclass
-class SamplingParams:
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    max_tokens: int | None = 16
-    logprobs: int | None = None
-    prompt_logprobs: int | None = None
-
-    def __post_init__(self) -> None:
-        for name, kind in (("n", int), ("temperature", (int, float)), ("top_p", (int, float)),
-                           ("seed", int), ("stop", (str, list)), ("max_tokens", int),
-                           ("logprobs", int), ("prompt_logprobs", int)):
-            _check(name, getattr(self, name), kind)
+               "enforce_eager": bool, "trust_remote_code": bool, "structured_outputs_config": dict}
+# `vllm.config.StructuredOutputsConfig` (0.12): its fields, and the backends it names
+STRUCTURED_CONFIG = ("backend", "disable_fallback", "disable_any_whitespace",
+                     "disable_additional_properties", "reasoning_parser")
+STRUCTURED_BACKENDS = ("auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer")
 
 
 @dataclass
@@ -90,6 +89,10 @@ class LLM:
             if name not in ENGINE_ARGS:
                 raise TypeError(f"fake vllm: LLM() got an unexpected engine argument {name!r}")
             _check(name, value, ENGINE_ARGS[name])
+        config = kwargs.get("structured_outputs_config") or {}
+        if set(config) - set(STRUCTURED_CONFIG) or config.get("backend", "auto") not in STRUCTURED_BACKENDS:
+            raise ValueError(f"fake vllm: structured_outputs_config takes {STRUCTURED_CONFIG} with a "
+                             f"backend in {STRUCTURED_BACKENDS}, got {config}")
         self.model, self.kwargs = model, {"dtype": dtype, "seed": seed,
                                           "gpu_memory_utilization": gpu_memory_utilization, **kwargs}
         self.tokenizer = _Tokenizer()
@@ -121,9 +124,24 @@ class LLM:
             words = [w for w in prompt.split(" ") if w]
             logprobs = [None] + [{i: Logprob(-0.25 if w == "Yes" else -0.5)}
                                  for i, w in zip(ids[1:], words[1:], strict=True)]
-        outputs = [CompletionOutput(k, f"fake:{prompt[-12:]}", [1] * min(3, params.max_tokens or 16))
+        text = f"fake:{prompt[-12:]}" if params.structured_outputs is None \
+            else self._structured(params.structured_outputs)
+        outputs = [CompletionOutput(k, text, [1] * min(3, params.max_tokens or 16))
                    for k in range(params.n)]
         return RequestOutput(prompt, ids, logprobs, outputs)
+
+    def _structured(self, params: StructuredOutputsParams) -> str:
+        """The first scripted reply the request's grammar accepts (see the module docstring)."""
+        kind, spec = params.kind()
+        backend = (self.kwargs.get("structured_outputs_config") or {}).get("backend", "auto")
+        if kind == "grammar" and backend not in ("auto", "guidance"):
+            raise ValueError(f"The provided grammar is not supported by the {backend} backend")
+        grammar = _guidance_grammar(kind, spec)
+        for reply in STRUCTURED_REPLIES:
+            if _accepts(grammar, reply):
+                return reply
+        raise ValueError(f"fake vllm: no reply in STRUCTURED_REPLIES matches the {kind} constraint "
+                         f"{str(spec)[:200]}")
 
     def generate(self, prompts: Any, sampling_params: Any = None, *, use_tqdm: Any = True,
                  lora_request: Any = None) -> list[RequestOutput]:
@@ -148,3 +166,40 @@ class LLM:
         return [self._answer(self.tokenizer.apply_chat_template(c, tokenize=False,
                                                                 add_generation_prompt=True), s)
                 for c, s in zip(conversations, params, strict=True)]
+
+
+def _guidance_grammar(kind: str, spec: Any) -> str:
+    """The llguidance grammar vLLM's guidance backend compiles for one constraint."""
+    import llguidance
+
+    if kind == "json":
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            spec if isinstance(spec, str) else json.dumps(spec))
+    elif kind in ("regex", "grammar", "choice"):
+        grammar = llguidance.grammar_from(kind, spec if isinstance(spec, str) else json.dumps(spec))
+    else:
+        raise NotImplementedError(f"fake vllm: no {kind} constraints here")
+    error = llguidance.LLMatcher.validate_grammar(grammar, None)
+    if error:
+        raise ValueError(f"Grammar error: {error}")
+    return grammar
+
+
+class _ByteTokens:
+    """A byte-level vocabulary (256 bytes + end of text), enough to check a reply byte by byte."""
+
+    eos_token_id, bos_token_id = 256, None
+    tokens = [bytes([i]) for i in range(256)] + [b"<eos>"]
+
+    def __call__(self, text: str | bytes) -> list[int]:
+        return list(text if isinstance(text, bytes) else text.encode())
+
+
+def _accepts(grammar: str, reply: str) -> bool:
+    import llguidance
+
+    matcher = llguidance.LLMatcher(llguidance.LLTokenizer(llguidance.TokenizerWrapper(_ByteTokens())),
+                                   grammar)
+    ids = list(reply.encode())
+    return matcher.validate_tokens(ids) == len(ids) and matcher.consume_tokens(ids) \
+        and matcher.is_accepting()
