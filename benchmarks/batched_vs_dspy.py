@@ -50,7 +50,7 @@ ADAPTER = "chat"  # --adapter: the format of tandem's and DSPy's prompts alike
 
 def real_questions(path: Path, n: int) -> list[dict]:
     """The first `n` rows' "question" fields of a .jsonl file."""
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
     questions = [{"question": str(r["question"])} for r in rows if r.get("question")][:n]
     if len(questions) < n:
         raise SystemExit(f"{path} has {len(questions)} rows with a 'question' field; --examples asks {n}")
@@ -197,6 +197,7 @@ def run_raw(path: Path, examples: list[dict], batch_size: int) -> float:
 
 
 def main() -> None:
+    global DEVICE, MAX_NEW_TOKENS, ADAPTER
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=128)
     parser.add_argument("--threads", type=int, default=8)
@@ -210,7 +211,6 @@ def main() -> None:
     parser.add_argument("--adapter", choices=sorted(ADAPTERS), default="chat")
     parser.add_argument("--max-tokens", type=int, default=MAX_NEW_TOKENS)
     args = parser.parse_args()
-    global DEVICE, MAX_NEW_TOKENS, ADAPTER
     DEVICE, MAX_NEW_TOKENS, ADAPTER = args.device, args.max_tokens, args.adapter
     with tempfile.TemporaryDirectory() as tmp:
         free = None

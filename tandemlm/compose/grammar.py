@@ -49,6 +49,9 @@ _TEXT = f"{_LINE}(?:\\n{_LINE})*"
 _INT = r"-?(?:0|[1-9][0-9]{0,17})"
 _FLOAT = r"-?(?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,17})?(?:[eE][-+]?[0-9]{1,3})?"
 _BOOL = r"(?:True|False|true|false)"
+# JSON values laid out as DSPy writes them (json.dumps: ", " and ": ", no newlines): llguidance
+# otherwise lets whitespace run free, and a small model fills it with blank lines.
+_JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 def output_constraint(adapter: Adapter, signature: Any) -> Constraint | None:
@@ -102,7 +105,7 @@ def _value_piece(annotation: Any) -> tuple[str, str]:
         return ("regex", _INT)
     if annotation is float:
         return ("regex", _FLOAT)
-    return ("json", json.dumps(_schema(annotation)))
+    return ("json", json.dumps({**_schema(annotation), "x-guidance": _JSON_LAYOUT}))
 
 
 def _strip_optional(annotation: Any) -> Any:

@@ -245,7 +245,13 @@ class HFBackend(TransformersBackend):
         model, tokenizer = self._model, self._tokenizer
         request = requests[chunk[0][0]]
         rows = 1 if request.greedy else request.n
-        prompts = [ids for _, ids in chunk for _ in range(rows)]
+        constraints = [requests[index].constraint for index, _ in chunk for _ in range(rows)]
+        grammar = (GrammarMask(self._grammar_tokenizer, constraints, request.max_new_tokens)
+                   if any(c is not None for c in constraints) else None)
+        heads = grammar.heads if grammar is not None else [[] for _ in constraints]
+        prompts = [ids + head for (_, ids), head in zip(
+            [item for item in chunk for _ in range(rows)], heads, strict=True)]
+        budget = grammar.budget if grammar is not None else request.max_new_tokens
         device = next(model.parameters()).device
         input_ids, mask = left_pad(prompts, model.generation_config.pad_token_id, device)
         width = input_ids.shape[1]
@@ -254,11 +260,7 @@ class HFBackend(TransformersBackend):
         kwargs: dict[str, Any] = {}
         if stopper is not None:
             kwargs["stopping_criteria"] = StoppingCriteriaList([stopper])
-        processors: list[LogitsProcessor] = []
-        constraints = [requests[index].constraint for index, _ in chunk for _ in range(rows)]
-        if any(c is not None for c in constraints):  # the mask goes first: sampling sees it
-            processors.append(GrammarMask(self._grammar_tokenizer, constraints,
-                                          request.max_new_tokens))
+        processors: list[LogitsProcessor] = [grammar] if grammar is not None else []  # mask first
         if not request.greedy:
             seeds = [row_seed(requests[index].seed, j) for index, _ in chunk for j in range(rows)]
             processors.append(RowSampler(seeds, request.temperature, request.top_p, device))
@@ -267,7 +269,7 @@ class HFBackend(TransformersBackend):
         started = time.perf_counter()
         with torch.inference_mode():
             output = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
-                                    max_new_tokens=request.max_new_tokens, **kwargs)
+                                    max_new_tokens=max(1, budget), **kwargs)
         latency = time.perf_counter() - started
         new_tokens = output[:, width:].tolist()
         results = []
@@ -275,7 +277,8 @@ class HFBackend(TransformersBackend):
             texts, tokens_out, finished = [], 0, True
             for row in range(k * rows, (k + 1) * rows):
                 stopped = stopper.stopped_at[row] if stopper is not None else None
-                text, used, done = self._finish_row(ids, new_tokens[row], stopped, stops)
+                ends = (heads[row], grammar.tails[row]) if grammar is not None else ([], [])
+                text, used, done = self._finish_row(ids, new_tokens[row], stopped, stops, *ends)
                 texts.append(text)
                 tokens_out += used
                 finished = finished and done
@@ -286,16 +289,18 @@ class HFBackend(TransformersBackend):
         return results
 
     def _finish_row(self, prompt: list[int], new: list[int], stopped_at: int | None,
-                    stops: tuple[str, ...]) -> tuple[str, int, bool]:
-        """(text, tokens used, whether it stopped) for one generated row."""
+                    stops: tuple[str, ...], head: list[int] = (), tail: list[int] = ()
+                    ) -> tuple[str, int, bool]:
+        """(text, tokens used, whether it stopped) for one generated row; `head` and `tail` are
+        output tokens a grammar forced without decoding (see `hf_grammar`)."""
         eos_at = next((i for i, token in enumerate(new) if token in self._eos_ids), None)
         used, hit_eos = (len(new), False) if eos_at is None else (eos_at + 1, True)
         if stopped_at is not None and stopped_at < used:
             used, hit_eos = stopped_at, False
-        body = new[:used - 1] if hit_eos else new[:used]
+        body = [*head, *(new[:used - 1] if hit_eos else new[:used]), *(tail if hit_eos else ())]
         text = decode_continuation(self._tokenizer, prompt[-_PREFIX_TOKENS:], body)
         text, hit_stop = cut_at_stop(text, stops)
-        return text, used, hit_eos or hit_stop
+        return text, used + len(head) + (len(tail) if hit_eos else 0), hit_eos or hit_stop
 
     # ---- token-level mixing --------------------------------------------------------------------
     def next_token_logits(self, requests: list[GenRequest]) -> Any:
