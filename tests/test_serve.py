@@ -59,8 +59,10 @@ def served(tmp_path_factory):
     pipe = Pipeline([Solve("question -> answer", model=tiny, name="solve", prompt_field="question"),
                      Step(lambda answer: answer.upper(), inputs="answer", outputs="shout", name="up")],
                     name="shouter")
-    # an untrained tiny model cannot write DSPy's field format: every example fails to parse
-    broken = Pipeline([Solve("question -> answer", model=tiny, name="solve")], name="broken")
+    # an untrained tiny model decoding freely cannot write DSPy's field format: every example
+    # fails to parse (constrained decoding would make it parse)
+    broken = Pipeline([Solve("question -> answer", model=tiny, name="solve", constrained=False)],
+                      name="broken")
     app = create_app({"tiny": tiny}, {"shouter": pipe, "broken": broken}, window_s=0.05)
     with _serving(app) as url:
         yield {"url": url, "tiny": tiny, "pipe": pipe, "app": app}

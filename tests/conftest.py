@@ -1,0 +1,21 @@
+"""Test-session setup. With pytest-xdist, the machine's cores are shared among the workers, so
+each worker's torch gets its share of intra-op threads instead of every worker taking them all
+(which on a 2-core machine makes two workers slower than one)."""
+
+from __future__ import annotations
+
+import os
+
+# Wide consoles: rich wraps CLI messages at the terminal width (80 without a terminal), and a
+# worker's longer temporary paths (.../popen-gw0/...) would be cut across lines in the output
+# the CLI tests read.
+os.environ["COLUMNS"] = "1000"
+
+
+def pytest_configure(config) -> None:
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(max(1, (cores or 1) // int(workers)))
