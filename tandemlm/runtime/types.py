@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,16 @@ class Constraint:
     kind: str
     text: str
     close: str = ""
+
+    def value(self) -> Any:
+        """The grammar as engines take it: a json_schema parsed into a dict, other kinds as text;
+        a json_schema that is not JSON is a `ConfigError`."""
+        if self.kind != "json_schema":
+            return self.text
+        try:
+            return json.loads(self.text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"json_schema constraint is not JSON ({exc}): {self.text[:200]}") from None
 
     def __post_init__(self) -> None:
         if self.kind not in CONSTRAINT_KINDS:

@@ -54,13 +54,12 @@ from typing import Any
 import httpx
 
 from tandemlm.runtime.backend import Backend
+from tandemlm.runtime.backends.vllm_backend import STRUCTURED_FIELDS  # vLLM's server takes them too
 from tandemlm.runtime.errors import ConfigError
 from tandemlm.runtime.types import Constraint, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 STRUCTURED_OUTPUTS = ("json_schema", "vllm")  # see the module docstring
-#: `Constraint.kind` -> the key of vLLM's `structured_outputs` request field
-_VLLM_FIELDS = {"json_schema": "json", "regex": "regex", "lark": "grammar"}
 
 
 class _Retry(Exception):
@@ -162,17 +161,11 @@ class OpenAIBackend(Backend):
                               f"takes JSON schemas only, but this request carries a {constraint.kind} "
                               f"grammar; use JSONAdapter on that node (its output is a JSON schema), "
                               f"or structured_outputs='vllm' for a vLLM server")
-        value: Any = constraint.text
-        if constraint.kind == "json_schema":
-            try:
-                value = json.loads(constraint.text)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"json_schema constraint is not JSON ({exc}): "
-                                  f"{constraint.text[:200]}") from None
+        value = constraint.value()
         if self.structured_outputs == "json_schema":
             return {"response_format": {"type": "json_schema", "json_schema": {
                 "name": "output", "schema": value, "strict": True}}}
-        return {"structured_outputs": {_VLLM_FIELDS[constraint.kind]: value}}
+        return {"structured_outputs": {STRUCTURED_FIELDS[constraint.kind]: value}}
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         if not requests:

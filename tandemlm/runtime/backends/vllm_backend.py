@@ -41,7 +41,7 @@ ENGINE_OPTIONS = ("dtype", "seed", "gpu_memory_utilization", "max_model_len", "m
                   "max_loras", "tensor_parallel_size", "enforce_eager", "trust_remote_code",
                   "structured_outputs_config")
 #: `Constraint.kind` -> the `StructuredOutputsParams` field that carries it
-_STRUCTURED_FIELDS = {"json_schema": "json", "regex": "regex", "lark": "grammar"}
+STRUCTURED_FIELDS = {"json_schema": "json", "regex": "regex", "lark": "grammar"}
 
 
 def _vllm() -> Any:
@@ -132,14 +132,8 @@ class VLLMBackend(Backend):
                               f"structured-outputs backend, but model '{self.model_id}' sets "
                               f"structured_outputs_config backend {backend!r}; drop that option, set "
                               f"it to 'guidance', or use JSONAdapter on the node (a JSON schema)")
-        value: Any = constraint.text
-        if constraint.kind == "json_schema":
-            try:
-                value = json.loads(constraint.text)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"json_schema constraint is not JSON ({exc}): "
-                                  f"{constraint.text[:200]}") from None
-        return StructuredOutputsParams(**{_STRUCTURED_FIELDS[constraint.kind]: value})
+        value = constraint.value()
+        return StructuredOutputsParams(**{STRUCTURED_FIELDS[constraint.kind]: value})
 
     # -- generation ------------------------------------------------------------------------------
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
