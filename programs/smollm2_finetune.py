@@ -18,7 +18,7 @@ the grammar of its output format, in `CompactChatAdapter`'s short prompt.
 The last printed line is one JSON object with the figures.
 
     python programs/smollm2_finetune.py [--out runs/smollm2_finetune] [--train N] [--test N]
-        [--epochs 2] [--layers 8] [--threads 1]
+        [--epochs 3] [--layers 8] [--threads 1]
 
 Re-running with the same --out reuses every model answer already paid for (call caches).
 """
@@ -144,10 +144,10 @@ def lora_options(layers: int | None, r: int = 8) -> dict[str, Any]:
 
 
 def finetune(pipe: Pipeline, train: list[dict], val: list[dict] | None, out: Path, teacher: Model,
-             *, epochs: int = 2, lr: float = 1e-3, batch_size: int = 1, accumulate: int = 8,
+             *, epochs: int = 3, lr: float = 1e-3, batch_size: int = 1, accumulate: int = 4,
              layers: int | None = 8) -> Pipeline:
     """`pipe` with its SmolLM2 node LoRA-tuned on the teacher's passing answers. One row per
-    batch, 8 batches per optimizer step: on a CPU a padding token costs as much as a real one,
+    batch, 4 batches per optimizer step: on a CPU a padding token costs as much as a real one,
     and rows here differ in length by half their mean."""
     step = Finetune(nodes=[NODE], teacher={NODE: teacher}, epochs=epochs, lr=lr,
                     batch_size=batch_size, accumulate=accumulate, lora=lora_options(layers))
@@ -193,10 +193,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--train", type=int, default=None, help="first N training rows (all 162)")
     parser.add_argument("--test", type=int, default=None, help="first N test rows (all 216)")
     parser.add_argument("--val", type=int, default=None, help="first N validation rows (all 54)")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--accumulate", type=int, default=8, help="batches per optimizer step")
+    parser.add_argument("--accumulate", type=int, default=4, help="batches per optimizer step")
     parser.add_argument("--layers", type=int, default=8,
                         help="LoRA on the top K of SmolLM2's 30 blocks (30: all)")
     parser.add_argument("--threads", type=int, default=None,
@@ -278,7 +278,9 @@ def _run(args: argparse.Namespace, base: Model, out: Path, train: list[dict], va
 def _cascade_part(tuned_pipe: Pipeline, out: Path, val: list[dict], test: list[dict],
                   cache: CallCache, gpt4: dict[str, Any], held_out: str, match: float) -> dict[str, Any]:
     tuned = tuned_pipe.resolve(tuned_pipe.nodes[NODE].model)
-    calibrated = calibrate(cascade(tuned), val, out / "cascade", match)
+    # One folder per adapter content: a retrained adapter at the same path must not resume the
+    # calibration of the previous one (the compile's resume key holds the path, not the weights).
+    calibrated = calibrate(cascade(tuned), val, out / f"cascade-{tuned.fingerprint[:12]}", match)
     chosen = calibrated.compile_report[0].details["cascade"]["chosen"]
     result = score(calibrated, test, cache)
     fraction = result["cost_usd"] / gpt4["cost_usd"] if gpt4["cost_usd"] else None
