@@ -35,7 +35,7 @@ import json
 import types
 from typing import Any, Literal, Union, get_args, get_origin
 
-from dspy.adapters import Adapter, ChatAdapter, JSONAdapter, XMLAdapter
+from dspy.adapters import Adapter, ChatAdapter, JSONAdapter
 from pydantic import TypeAdapter
 
 from tandemlm.runtime import ConfigError, Constraint
@@ -60,9 +60,8 @@ def output_constraint(adapter: Adapter, signature: Any) -> Constraint | None:
     fields = signature.output_fields
     if isinstance(adapter, JSONAdapter):
         return Constraint("json_schema", json.dumps(_object_schema(fields)))
-    if isinstance(adapter, XMLAdapter) or not isinstance(adapter, ChatAdapter) \
-            or not _keeps_chat_format(adapter):
-        return None
+    if not isinstance(adapter, ChatAdapter) or not _keeps_chat_format(adapter):
+        return None  # e.g. XMLAdapter: a ChatAdapter with its own format and parse
     pieces: list[tuple[str, str]] = []  # ("regex", pattern) or ("json", schema text)
     for i, (name, info) in enumerate(fields.items()):
         pieces.append(("regex", _escape(("\n\n" if i else "") + f"[[ ## {name} ## ]]\n")))

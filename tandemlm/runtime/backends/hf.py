@@ -249,8 +249,8 @@ class HFBackend(TransformersBackend):
         grammar = (GrammarMask(self._grammar_tokenizer, constraints, request.max_new_tokens)
                    if any(c is not None for c in constraints) else None)
         heads = grammar.heads if grammar is not None else [[] for _ in constraints]
-        prompts = [ids + head for (_, ids), head in zip(
-            [item for item in chunk for _ in range(rows)], heads, strict=True)]
+        prompts = [ids + head for ids, head in zip(
+            (ids for _, ids in chunk for _ in range(rows)), heads, strict=True)]
         budget = grammar.budget if grammar is not None else request.max_new_tokens
         device = next(model.parameters()).device
         input_ids, mask = left_pad(prompts, model.generation_config.pad_token_id, device)

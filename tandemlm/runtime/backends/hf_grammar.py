@@ -72,7 +72,7 @@ class GrammarTokenizer:
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError("constrained decoding needs a fast (Rust) tokenizer; this model's "
                               "tokenizer is a slow one: pass constrained=False")
-        self.hf, self.vocab_size = tokenizer, vocab_size
+        self.hf = tokenizer
         self.eos_ids = sorted(eos_ids)
         self.ll = llg.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=self.eos_ids)
         self.executor = llg.LLExecutor(num_threads=max(1, min(4, os.cpu_count() or 1)))
