@@ -23,6 +23,7 @@ from pathlib import Path
 
 # build_once and cache_dir live in the runtime (the hf backend caches converted GGUF files
 # with them); imported here so `from tandemlm.tiny import build_once, cache_dir` keeps working
+from tandemlm.runtime.backends.hf_common import LOAD_LOCK
 from tandemlm.runtime.files import build_once, cache_dir
 
 BOS, EOS, PAD, UNK = "<s>", "<|im_end|>", "<pad>", "<unk>"
@@ -147,7 +148,8 @@ def train_tiny_lm(path: str | Path, texts: list[str], steps: int = 200, lr: floa
 
     path = Path(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    with LOAD_LOCK:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
     encoded = [tokenizer(text, add_special_tokens=True)["input_ids"][: max_tokens - 1]
                + [tokenizer.eos_token_id] for text in texts]
     generator = torch.Generator().manual_seed(seed)

@@ -29,7 +29,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaL
 from tandemlm.runtime.backends.hf_prompt import (StopOnStrings, cut_at_stop, decode_continuation,
                                                  encode_prompt, encode_prompts, left_pad,
                                                  render_prompt)
-from tandemlm.runtime.backends.hf_common import (DTYPES, TransformersBackend, placement,
+from tandemlm.runtime.backends.hf_common import (DTYPES, LOAD_LOCK, TransformersBackend, placement,
                                                  weights_identity)
 from tandemlm.runtime.backends.hf_grammar import GrammarMask, GrammarTokenizer, grammar_text
 from tandemlm.runtime.backends.hf_gguf import gguf_folder, gguf_identity, gguf_path
@@ -131,10 +131,11 @@ class HFBackend(TransformersBackend):
         device, dtype = placement(self.device_option, self.dtype_option)
         remote = self.trust_remote_code
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)
-            # transformers 5 takes `dtype` (`torch_dtype` is its deprecated alias)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype),
-                                                         trust_remote_code=remote)
+            with LOAD_LOCK:
+                tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)
+                # transformers 5 takes `dtype` (`torch_dtype` is its deprecated alias)
+                model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype),
+                                                             trust_remote_code=remote)
         except Exception as exc:  # any loading failure (missing files, bad config, corrupt weights)
             where = "local directory" if Path(source).exists() else "hub id (no such local directory)"
             raise ConfigError(f"could not load model '{self.model_id}' ({where}) with transformers: "

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from tandemlm.runtime.backends.hf_common import (DTYPES, TransformersBackend, placement,
+from tandemlm.runtime.backends.hf_common import (DTYPES, LOAD_LOCK, TransformersBackend, placement,
                                                  weights_identity)
 from tandemlm.runtime.errors import ConfigError
 from tandemlm.runtime.train import fit
@@ -151,7 +151,7 @@ class HFClassifierBackend(TransformersBackend):
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)
             # A missing head is initialised from torch's global generator: seed it (without
             # disturbing the caller's random state) so a bare encoder scores the same everywhere.
-            with torch.random.fork_rng(devices=[]), _quiet():
+            with LOAD_LOCK, torch.random.fork_rng(devices=[]), _quiet():
                 torch.manual_seed(_HEAD_INIT_SEED)
                 model = AutoModelForSequenceClassification.from_pretrained(
                     source, num_labels=num_labels, dtype=getattr(torch, dtype),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,13 @@ import torch
 from tandemlm.runtime.backend import Backend
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+#: Held around every transformers model load in tandemlm. `from_pretrained` swaps class
+#: attributes (`PreTrainedModel.tie_weights`, `init_weights`) for no-ops while it loads and puts
+#: back what it found: two loads in two threads can leave the no-op in place for the rest of the
+#: process, after which every model with tied embeddings loads with its output layer empty
+#: ("Cannot copy out of meta tensor"). Loads are rare and short next to the work they serve.
+LOAD_LOCK = threading.RLock()
 _MIB = 1 << 20
 
 

@@ -25,6 +25,7 @@ import os
 import re
 from pathlib import Path
 
+from tandemlm.runtime.backends.hf_common import LOAD_LOCK
 from tandemlm.runtime.errors import ConfigError
 from tandemlm.runtime.files import atomic_write, build_once, cache_dir
 
@@ -108,14 +109,16 @@ def convert(path: Path, out: Path, sha256: str) -> None:
 
     where = {"gguf_file": str(path), "local_files_only": True}
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), **where)
-    loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=torch.float32,
-                                                  **where, **_dequantised())
+    with LOAD_LOCK:
+        loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=torch.float32,
+                                                      **where, **_dequantised())
     # A GGUF-loaded model may refuse `save_pretrained` (its weights count as quantized), so the
     # weights move into a plain model built from the same config, less the GGUF quantization.
     settings = loaded.config.to_dict()
     settings.pop("quantization_config", None)
-    model = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(settings),
-                                             dtype=torch.float32)
+    with LOAD_LOCK:
+        model = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(settings),
+                                                 dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.tie_weights()
     model.generation_config = loaded.generation_config

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tandemlm.runtime.backends.hf_common import placement
+from tandemlm.runtime.backends.hf_common import LOAD_LOCK, placement
 from tandemlm.runtime.backends.hf_prompt import encode_continuation, encode_prompt, render_prompt
 from tandemlm.runtime.errors import ConfigError
 from tandemlm.runtime.train import FitResult, fit
@@ -150,8 +150,9 @@ def train_lora(backend: HFBackend, examples: Sequence[tuple[GenRequest, str]], o
     remote = backend.trust_remote_code
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)
     rows = [encode_example(tokenizer, request, completion) for request, completion in examples]
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype),
-                                                 trust_remote_code=remote)
+    with LOAD_LOCK:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype),
+                                                     trust_remote_code=remote)
     _check_lengths(rows, getattr(model.config, "max_position_embeddings", None))
     model = _peft_model(model.to(device), lora or LoraOptions(), backend.adapter, seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
