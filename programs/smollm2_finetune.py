@@ -278,9 +278,7 @@ def _run(args: argparse.Namespace, base: Model, out: Path, train: list[dict], va
 def _cascade_part(tuned_pipe: Pipeline, out: Path, val: list[dict], test: list[dict],
                   cache: CallCache, gpt4: dict[str, Any], held_out: str, match: float) -> dict[str, Any]:
     tuned = tuned_pipe.resolve(tuned_pipe.nodes[NODE].model)
-    # One folder per adapter content: a retrained adapter at the same path must not resume the
-    # calibration of the previous one (the compile's resume key holds the path, not the weights).
-    calibrated = calibrate(cascade(tuned), val, out / f"cascade-{tuned.fingerprint[:12]}", match)
+    calibrated = calibrate(cascade(tuned), val, out / "cascade", match)
     chosen = calibrated.compile_report[0].details["cascade"]["chosen"]
     result = score(calibrated, test, cache)
     fraction = result["cost_usd"] / gpt4["cost_usd"] if gpt4["cost_usd"] else None

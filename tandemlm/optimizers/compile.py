@@ -36,9 +36,12 @@ from tandemlm.runtime import ArtifactError, CallCache, ConfigError
 
 
 def _inputs_key(pipeline: Pipeline, out: Path, train: list, val: list, metric: Metric, seed: int) -> str:
-    """What a resumed compile must share with the interrupted one."""
+    """What a resumed compile must share with the interrupted one: the program's state, the data,
+    and the content of every model it calls (a model retrained at the same path is another
+    input: its fingerprint covers the weights' identity and the adapter's files)."""
     payload = {"state": snapshot(pipeline, out)["state"], "train": train, "val": val, "seed": seed,
-               "metric": getattr(metric, "__qualname__", type(metric).__name__)}
+               "metric": getattr(metric, "__qualname__", type(metric).__name__),
+               "models": {name: model.fingerprint for name, model in pipeline.models_used().items()}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=repr).encode()).hexdigest()
 
 

@@ -178,3 +178,26 @@ def test_a_damaged_pass_record_runs_the_pass_again(tmp_path):
     assert APPLIED == {"set_demo": 1, "tune": 2}
     assert any(WEIGHTS in n and "running pass 'tune' again" in n for n in notes.notes)
     assert tuned(load(tmp_path, program=build), tmp_path)
+
+
+def test_a_model_retrained_at_the_same_path_starts_over(tmp_path):
+    """The resume key covers what the models are, not only where: a pipeline bound to an adapter
+    folder whose weights changed since the interrupted compile is another input."""
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    save_file({"lora_A": np.zeros((2, 4), dtype=np.float32)}, str(folder / WEIGHTS))
+    adapted = Model.from_dict({**BASE.to_dict(), "adapter": str(folder)})
+
+    def on_adapter():
+        return build().with_models(small=adapted)
+
+    out = tmp_path / "out"
+    compile(on_adapter(), TRAIN, exact, passes=[SetDemo()], out_dir=out, progress=False)
+    again = compile(on_adapter(), TRAIN, exact, passes=[SetDemo()], out_dir=out, progress=False)
+    assert again.compile_report[0].resumed and APPLIED == {"set_demo": 1}
+    save_file({"lora_A": np.ones((2, 4), dtype=np.float32)}, str(folder / WEIGHTS))  # retrained
+    notes = Recorder()
+    fresh = compile(on_adapter(), TRAIN, exact, passes=[SetDemo()], out_dir=out, progress=False,
+                    reporter=notes)
+    assert not fresh.compile_report[0].resumed and APPLIED == {"set_demo": 2}
+    assert any("other inputs; starting over" in n for n in notes.notes)
