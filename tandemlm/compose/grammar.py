@@ -33,7 +33,7 @@ import enum
 import inspect
 import json
 import types
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from dspy.adapters import Adapter, ChatAdapter, JSONAdapter
 from pydantic import TypeAdapter
@@ -65,7 +65,7 @@ def output_constraint(adapter: Adapter, signature: Any) -> Constraint | None:
     pieces: list[tuple[str, str]] = []  # ("regex", pattern) or ("json", schema text)
     for i, (name, info) in enumerate(fields.items()):
         pieces.append(("regex", _escape(("\n\n" if i else "") + f"[[ ## {name} ## ]]\n")))
-        pieces.append(_value_piece(info.annotation))
+        pieces.append(_value_piece(info.annotation, info.metadata))
     end = "\n\n[[ ## completed ## ]]"
     pieces.append(("regex", _escape(end)))
     return Constraint("lark", _lark(pieces), close=end)
@@ -89,7 +89,9 @@ def _keeps_chat_format(adapter: ChatAdapter) -> bool:
                for name in ("parse", "format_field_with_value", "format_assistant_message_content"))
 
 
-def _value_piece(annotation: Any) -> tuple[str, str]:
+def _value_piece(annotation: Any, metadata: list[Any] = ()) -> tuple[str, str]:
+    """The grammar of one value. `metadata`: the field's constraints pydantic keeps apart from
+    its type (e.g. a list's `Field(min_length=1)`); the JSON schema of a value holds them."""
     annotation = _strip_optional(annotation)
     if annotation is str or annotation is Any:
         return ("regex", _TEXT)
@@ -104,6 +106,8 @@ def _value_piece(annotation: Any) -> tuple[str, str]:
         return ("regex", _INT)
     if annotation is float:
         return ("regex", _FLOAT)
+    if metadata:
+        annotation = Annotated[(annotation, *metadata)]
     return ("json", json.dumps({**_schema(annotation), "x-guidance": _JSON_LAYOUT}))
 
 
@@ -128,7 +132,8 @@ def _object_schema(fields: dict[str, Any]) -> dict[str, Any]:
     """JSONAdapter's output: an object with exactly these fields, in order, all required."""
     properties, defs = {}, {}
     for name, info in fields.items():
-        schema = _schema(_strip_optional(info.annotation))
+        annotation = _strip_optional(info.annotation)
+        schema = _schema(Annotated[(annotation, *info.metadata)] if info.metadata else annotation)
         defs.update(schema.pop("$defs", {}))
         properties[name] = schema
     out: dict[str, Any] = {"type": "object", "properties": properties, "required": list(fields),

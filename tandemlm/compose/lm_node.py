@@ -162,7 +162,7 @@ class LMNode(dspy.Predict, Node):
             return None
         if self.constrained:
             model.require("constrained")
-        constraint = output_constraint(self.adapter, self.signature)
+        constraint = output_constraint(self.adapter, self.grammar_signature())
         kinds = model.backend.constraint_kinds
         if constraint is not None and constraint.kind not in kinds:
             if self.constrained:
@@ -172,6 +172,11 @@ class LMNode(dspy.Predict, Node):
                                   f"node, or constrained=None to run it unconstrained there")
             return None
         return constraint
+
+    def grammar_signature(self) -> Any:
+        """The signature whose output types the grammar follows: this node's own; a node may
+        narrow a type the grammar should hold tighter than parsing does (e.g. a list's length)."""
+        return self.signature
 
     def parse(self, text: str) -> dict[str, Any]:
         """Parse one completion into this node's output fields; raises `ParseError`."""
@@ -219,7 +224,7 @@ class LMNode(dspy.Predict, Node):
             retry = []
             for (i, req), result in zip(pending, results, strict=True):
                 account(traces[i], model, result)
-                error = self._absorb(traces[i], result)
+                error = self._absorb(traces[i], result, constraint)
                 if error is not None and attempt == 0 and result.ok:
                     retry.append((i, req))
             pending = retry
@@ -233,10 +238,19 @@ class LMNode(dspy.Predict, Node):
         copy.config.update(n=n, temperature=temperature, seed=seed)
         return copy
 
-    def _absorb(self, trace: NodeTrace, result: GenResult) -> str | None:
+    def _absorb(self, trace: NodeTrace, result: GenResult,
+                constraint: Constraint | None = None) -> str | None:
         """Set the trace's outputs (or error) from one result; returns the error, if any."""
         if not result.ok:
             trace.error = f"backend error: {result.error}"
+            return trace.error
+        if constraint is not None and result.finish_reason == "length" and self._cut_in_json(
+                constraint, result.text):
+            # Cut inside a JSON value the grammar could not close in time (a string in a list):
+            # parsing would "repair" the fragment into a value the model never wrote.
+            trace.error = (f"node '{self.name}': the output stopped at max_tokens="
+                           f"{self.config['max_tokens']} before its format was complete: raise "
+                           f"max_tokens")
             return trace.error
         try:
             outputs = self.parse(result.text)
@@ -248,6 +262,17 @@ class LMNode(dspy.Predict, Node):
             return trace.error
         trace.outputs, trace.error = outputs, None
         return None
+
+    def _cut_in_json(self, constraint: Constraint, text: str) -> bool:
+        """Whether an output cut at max_tokens under `constraint` stopped inside JSON: a JSON
+        grammar, or a chat-format one whose last field is not free text (a cut text field is still
+        text, and the grammar's closing marker may have been forced in time)."""
+        if constraint.close and text.rstrip().endswith(constraint.close.strip()):
+            return False
+        if constraint.kind != "lark":
+            return True
+        last = list(self.signature.output_fields.values())[-1].annotation
+        return last is not str
 
     def _record_dspy_trace(self, traces: list[NodeTrace]) -> None:
         """Append (predictor, inputs, prediction) to DSPy's trace, as dspy.Predict does, so DSPy

@@ -13,9 +13,10 @@ sub-question in one batch:
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
 import dspy
+from pydantic import Field, StringConstraints
 
 from tandemlm.compose import LMNode
 from tandemlm.runtime import ConfigError, Model, ParseError
@@ -31,6 +32,7 @@ CONDITIONED = (
     " You are also given the solver's first attempt at the question: aim the sub-questions at "
     "the steps it skipped or got wrong, and do not repeat its mistakes."
 )
+MAX_CHARS = 120  # of one sub-question, under a grammar
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\d+\))\s*")
 
 
@@ -80,6 +82,14 @@ class Decompose(LMNode):
         super().__init__(signature, model=model, name=name, **lm_options)
         self.conditioned = conditioned
         self.max_subquestions = max_subquestions
+
+    def grammar_signature(self) -> Any:
+        """Under constrained decoding, 1 to `max_subquestions` non-blank sub-questions of at most
+        `MAX_CHARS` characters: a bare `list[str]` lets a small model close the list at once
+        (`[]`, its likeliest reply) or run one string on until max_tokens cuts it."""
+        item = Annotated[str, StringConstraints(pattern=r"\S", max_length=MAX_CHARS)]
+        bounded = Annotated[list[item], Field(min_length=1, max_length=self.max_subquestions)]
+        return self.signature.with_updated_fields("subquestions", type_=bounded)
 
     def parse(self, text: str) -> dict[str, Any]:
         """The sub-questions in `text`, cleaned and truncated to `max_subquestions`."""

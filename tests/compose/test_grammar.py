@@ -144,3 +144,26 @@ def test_a_json_only_engine_runs_chat_nodes_free_and_json_nodes_constrained():
     assert json_node.constraint_for(server).kind == "json_schema"
     with pytest.raises(ConfigError, match="constrains only json_schema"):
         LMNode("question -> answer", model=server, constrained=True).constraint_for(server)
+
+
+def test_field_constraints_kept_apart_from_the_type_reach_the_grammar(vocab):
+    """pydantic keeps `Field(min_length=...)` of a list out of its annotation; the grammar holds
+    it: Decompose's sub-questions are 1..max_subquestions non-blank strings under a grammar (a
+    bare list[str] let a small model close the list at once), while parsing still takes any."""
+    from tandemlm.modules.decompose import Decompose
+
+    node = Decompose("small", max_subquestions=2, adapter=CompactChatAdapter())
+    assert accepts(vocab, output_constraint(CompactChatAdapter(), node.grammar_signature()),
+                   "[[ ## subquestions ## ]]\n[\"" + "x" * 120 + "\"]\n\n[[ ## completed ## ]]")
+    for adapter in (CompactChatAdapter(), JSONAdapter()):
+        constraint = output_constraint(adapter, node.grammar_signature())
+        write = lambda items: adapter.format_assistant_message_content(  # noqa: E731
+            node.signature, {"subquestions": items}).rstrip()
+        assert accepts(vocab, constraint, write(["What is a?", "What is b?"]))
+        assert accepts(vocab, constraint, write(["What is a?"]))
+        assert not accepts(vocab, constraint, write([]))
+        assert not accepts(vocab, constraint, write(["a", "b", "c"]))
+        assert not accepts(vocab, constraint, write([" "]))
+        assert not accepts(vocab, constraint, write(["x" * 121]))
+    assert node.parse(CompactChatAdapter().format_assistant_message_content(
+        node.signature, {"subquestions": []})) == {"subquestions": []}
