@@ -19,3 +19,11 @@ def pytest_configure(config) -> None:
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         torch.set_num_threads(max(1, (cores or 1) // int(workers)))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Test files marked `heavy` (minutes of training or a whole program run on first use) run
+    first. xdist hands whole files to its workers in collection order; a long file collected
+    last runs alone on one worker while the other has nothing left to do. The order inside a
+    file, and among the other files, is kept."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from tandemlm.cli import app
 from tandemlm.evaluate import load_object
+
+pytestmark = pytest.mark.heavy  # minutes of work on first use: scheduled first
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRAM = str(ROOT / "programs" / "decompose_solve.py")

@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from tandemlm.cli import app
 
+pytestmark = pytest.mark.heavy  # minutes of work on first use: scheduled first
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

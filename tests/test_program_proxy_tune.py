@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.heavy  # minutes of work on first use: scheduled first
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

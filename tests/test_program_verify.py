@@ -20,6 +20,8 @@ from tandemlm.cli import app
 from tandemlm.evaluate import load_object
 from tandemlm.modules.retrieve import Retrieve
 
+pytestmark = pytest.mark.heavy  # minutes of work on first use: scheduled first
+
 PROGRAM = Path(__file__).resolve().parents[1] / "programs" / "verify_rectify.py"
 
 

