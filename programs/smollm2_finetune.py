@@ -71,6 +71,19 @@ def smollm2(adapter: str | None = None, **options: Any) -> Model:
                  price=(0.0, 0.0), adapter=adapter, **options)
 
 
+def setup(threads: int | None = None, **options: Any) -> Model:
+    """A program's start: torch's CPU threads (when given), then `smollm2(**options)`, or exit
+    with the install command when the wheel is absent."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        return smollm2(**options)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 def smollm2_node(model: Model | str = "smollm2") -> Solve:
     """The small node: one sentence in, Yes or No out. `key_field="id"` lets a recorded teacher
     in this seat find its answer to the row (SmolLM2 ignores the key)."""
@@ -209,14 +222,7 @@ def _arguments() -> argparse.Namespace:
 
 def main() -> None:
     args = _arguments()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    try:
-        base = smollm2()
-    except ConfigError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    base = setup(args.threads)
     out, started = Path(args.out), time.perf_counter()
     train, val, test = split("train", args.train), split("val", args.val), split("test", args.test)
     cache = CallCache(out / "eval-calls.sqlite")
