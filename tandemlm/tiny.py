@@ -23,7 +23,6 @@ from pathlib import Path
 
 # build_once and cache_dir live in the runtime (the hf backend caches converted GGUF files
 # with them); imported here so `from tandemlm.tiny import build_once, cache_dir` keeps working
-from tandemlm.runtime.backends.hf_common import LOAD_LOCK
 from tandemlm.runtime.files import build_once, cache_dir
 
 BOS, EOS, PAD, UNK = "<s>", "<|im_end|>", "<pad>", "<unk>"
@@ -145,6 +144,8 @@ def train_tiny_lm(path: str | Path, texts: list[str], steps: int = 200, lr: floa
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tandemlm.runtime.backends.hf_common import LOAD_LOCK
 
     path = Path(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path))

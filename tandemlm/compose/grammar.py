@@ -106,9 +106,13 @@ def _value_piece(annotation: Any, metadata: list[Any] = ()) -> tuple[str, str]:
         return ("regex", _INT)
     if annotation is float:
         return ("regex", _FLOAT)
-    if metadata:
-        annotation = Annotated[(annotation, *metadata)]
-    return ("json", json.dumps({**_schema(annotation), "x-guidance": _JSON_LAYOUT}))
+    return ("json", json.dumps({**_schema(_constrained(annotation, metadata)),
+                                "x-guidance": _JSON_LAYOUT}))
+
+
+def _constrained(annotation: Any, metadata: list[Any]) -> Any:
+    """`annotation` with the field's constraints pydantic keeps apart from it, for its schema."""
+    return Annotated[(annotation, *metadata)] if metadata else annotation
 
 
 def _strip_optional(annotation: Any) -> Any:
@@ -132,8 +136,7 @@ def _object_schema(fields: dict[str, Any]) -> dict[str, Any]:
     """JSONAdapter's output: an object with exactly these fields, in order, all required."""
     properties, defs = {}, {}
     for name, info in fields.items():
-        annotation = _strip_optional(info.annotation)
-        schema = _schema(Annotated[(annotation, *info.metadata)] if info.metadata else annotation)
+        schema = _schema(_constrained(_strip_optional(info.annotation), info.metadata))
         defs.update(schema.pop("$defs", {}))
         properties[name] = schema
     out: dict[str, Any] = {"type": "object", "properties": properties, "required": list(fields),

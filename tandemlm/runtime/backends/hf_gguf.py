@@ -25,7 +25,6 @@ import os
 import re
 from pathlib import Path
 
-from tandemlm.runtime.backends.hf_common import LOAD_LOCK
 from tandemlm.runtime.errors import ConfigError
 from tandemlm.runtime.files import atomic_write, build_once, cache_dir
 
@@ -106,6 +105,8 @@ def convert(path: Path, out: Path, sha256: str) -> None:
     file and its sha256."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tandemlm.runtime.backends.hf_common import LOAD_LOCK  # imports torch: only when converting
 
     where = {"gguf_file": str(path), "local_files_only": True}
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), **where)
