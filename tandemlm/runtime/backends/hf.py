@@ -5,7 +5,9 @@
     HFBackend("./models/smollm2.Q4_1.gguf")   # a GGUF file: converted once, cached (see hf_gguf)
 
 Requests sharing sampling settings run together: sorted by prompt length (less padding), cut into
-microbatches of `batch_size` sequences, one left-padded `model.generate` call each. Sampling
+microbatches of `batch_size` sequences, one left-padded `model.generate` call each, started from
+a KV cache `hf_prefill` builds without padding and with the prompts' shared prefix computed
+once (`prefill="packed"`, the default). Sampling
 settings come from the request alone: the checkpoint's `generation_config.json` defaults
 (temperature, top_k, repetition penalty, ...) are ignored, except its EOS token ids.
 
@@ -32,13 +34,15 @@ from tandemlm.runtime.backends.hf_prompt import (StopOnStrings, cut_at_stop, dec
 from tandemlm.runtime.backends.hf_common import (DTYPES, LOAD_LOCK, TransformersBackend, placement,
                                                  weights_identity)
 from tandemlm.runtime.backends.hf_grammar import GrammarMask, GrammarTokenizer, grammar_text
+from tandemlm.runtime.backends.hf_prefill import packed_cache
 from tandemlm.runtime.backends.hf_gguf import gguf_folder, gguf_identity, gguf_path
 from tandemlm.runtime.backends.hf_sampling import RowSampler, row_seed
 from tandemlm.runtime.errors import ConfigError
 from tandemlm.runtime.types import Constraint, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 _OPTIONS = ("device", "dtype", "batch_size", "adapter", "trust_remote_code", "gguf_file",
-            "constrained")
+            "constrained", "prefill")
+_PREFILLS = ("packed", "padded")
 _PREFIX_TOKENS = 4  # prompt tokens decoded in front of the output, see decode_continuation
 
 
@@ -63,6 +67,9 @@ class HFBackend(TransformersBackend):
         constrained: decode requests that carry a grammar (`GenRequest.constraint`) under it,
             with llguidance (see `hf_grammar`); False declares no `constrained` capability, so
             LM nodes send this model free prompts, as to a remote API.
+        prefill: "packed" (default): a microbatch's shared prompt prefix is computed once and
+            no prompt is padded to the longest (see `hf_prefill`; models with sliding-window
+            layers keep the padded prefill); "padded": `model.generate`'s own prefill.
     """
 
     name = "hf"
@@ -75,7 +82,7 @@ class HFBackend(TransformersBackend):
     def __init__(self, model_id: str, *, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 32, adapter: str | None = None,
                  trust_remote_code: bool = False, gguf_file: str | None = None,
-                 constrained: bool = True, **unknown: Any) -> None:
+                 constrained: bool = True, prefill: str = "packed", **unknown: Any) -> None:
         if unknown:
             raise ConfigError(f"unknown option(s) {', '.join(map(repr, sorted(unknown)))} for backend "
                               f"'hf' (model '{model_id}'); known options: {', '.join(_OPTIONS)}")
@@ -89,10 +96,14 @@ class HFBackend(TransformersBackend):
                               f"{gguf_file!r}")
         if not isinstance(constrained, bool):
             raise ConfigError(f"constrained must be True or False, got {constrained!r}")
+        if prefill not in _PREFILLS:
+            raise ConfigError(f"prefill must be one of {', '.join(map(repr, _PREFILLS))}, got "
+                              f"{prefill!r}")
         super().__init__(model_id, device=device, dtype=dtype, batch_size=batch_size,
                          adapter=adapter, trust_remote_code=trust_remote_code, gguf_file=gguf_file,
-                         constrained=constrained)
+                         constrained=constrained, prefill=prefill)
         self.supports_constrained = constrained
+        self.prefill = prefill
         self.gguf = gguf_path(model_id, gguf_file)  # the GGUF file to load, if the model is one
         self.device_option, self.dtype_option = device, dtype
         self.batch_size, self.adapter, self.trust_remote_code = batch_size, adapter, trust_remote_code
@@ -101,6 +112,7 @@ class HFBackend(TransformersBackend):
         self._tokenizer: Any = None
         self._eos_ids: set[int] = set()
         self._keeps_logits = False  # whether forward() takes `logits_to_keep`
+        self._cache_arg = "cache"  # forward()'s name for the KV cache
         self._grammar_tokenizer: Any = None  # llguidance's view of the vocabulary, built on use
 
     # ---- loading -------------------------------------------------------------------------------
@@ -157,7 +169,10 @@ class HFBackend(TransformersBackend):
             bos_token_id=tokenizer.bos_token_id, eos_token_id=sorted(self._eos_ids) or None,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self._keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+        params = inspect.signature(base.forward).parameters
+        self._keeps_logits = "logits_to_keep" in params
+        # transformers 5 names generate's KV cache `cache` (`past_key_values`: deprecated alias)
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._model, self._tokenizer = model, tokenizer
 
     def _max_positions(self) -> int | None:
@@ -268,6 +283,9 @@ class HFBackend(TransformersBackend):
         if processors:
             kwargs["logits_processor"] = LogitsProcessorList(processors)
         started = time.perf_counter()
+        cache = packed_cache(model, prompts, device) if self.prefill == "packed" else None
+        if cache is not None:  # generate runs the prompts' last tokens only
+            kwargs[self._cache_arg] = cache
         with torch.inference_mode():
             output = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
                                     max_new_tokens=max(1, budget), **kwargs)
