@@ -7,7 +7,7 @@ fraction of the test curve. The baselines (every single model) run in the same e
 the same recorded answers. The last line is one JSON object.
 
     python benchmarks/replay_suite.py [--data ../shared/data/replay] [--out runs/suite-replay]
-        [--tasks mmlu/llama,overruling] [--z 1.0]
+        [--tasks mmlu/llama,overruling] [--delta 0.1 | --z 1.0]
 """
 
 from __future__ import annotations
@@ -28,10 +28,14 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/replay"))
     parser.add_argument("--out", default="runs/suite-replay")
     parser.add_argument("--tasks", default="", help="comma-separated task names (default: all)")
-    parser.add_argument("--z", type=float, default=1.0, help="Calibrate's guard (0: none)")
+    parser.add_argument("--delta", type=float, default=0.1,
+                        help="Calibrate's bootstrap risk (the default rule)")
+    parser.add_argument("--z", type=float, default=None,
+                        help="use Calibrate's standard-error rule with this z instead of --delta")
     args = parser.parse_args()
     started = time.perf_counter()
-    results = run_suite(suite(args.data, z=args.z), args.out,
+    rule = {"z": args.z} if args.z is not None else {"delta": args.delta}
+    results = run_suite(suite(args.data, **rule), args.out,
                         tasks=[t for t in args.tasks.split(",") if t] or None)
     seconds = time.perf_counter() - started
     print_results(results)
@@ -49,7 +53,7 @@ def main() -> None:
         print(f"{name}: cascade {cascade['accuracy']:.3f} vs {best['model']} {best['accuracy']:.3f} "
               f"({summary[name]['delta_points']:+.1f} pts) at {cascade['cost_fraction']:.3f}x its cost"
               f"; test-curve parity at {task['parity_cost_fraction'] or float('nan'):.3f}x")
-    print(json.dumps({"seconds": round(seconds, 1), "z": args.z, "tasks": summary}))
+    print(json.dumps({"seconds": round(seconds, 1), **rule, "tasks": summary}))
 
 
 if __name__ == "__main__":

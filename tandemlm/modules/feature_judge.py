@@ -23,6 +23,7 @@ re-score a stage for any chain of earlier stages without calling a model again (
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -69,11 +70,17 @@ class FeatureJudge(Judge):
         self.features: list[str] = [f for f in self.available if f != "confidence"]
         self.weights: dict[str, float] = {}  # empty: the untrained mean of the features used
         self.scale: dict[str, list[float]] = {}
+        #: the fit's out-of-fold models (see `FitJudges`): {"examples": digest of the examples
+        #: fitted on, "folds": [state, ...]}
+        self.cross_fit: dict[str, Any] | None = None
 
     # -- state (saved with the cascade) ----------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"features": list(self.features), "weights": dict(self.weights),
-                "scale": {k: list(v) for k, v in self.scale.items()}}
+        out = {"features": list(self.features), "weights": dict(self.weights),
+               "scale": {k: list(v) for k, v in self.scale.items()}}
+        if self.cross_fit is not None:
+            out["cross_fit"] = self.cross_fit
+        return out
 
     def set_state(self, state: dict[str, Any]) -> None:
         features = list(state.get("features", self.features))
@@ -84,6 +91,27 @@ class FeatureJudge(Judge):
         self.features = features
         self.weights = {k: float(v) for k, v in state.get("weights", {}).items()}
         self.scale = {k: [float(x) for x in v] for k, v in state.get("scale", {}).items()}
+        cross_fit = state.get("cross_fit")
+        if cross_fit is not None and not (isinstance(cross_fit, dict)
+                                          and isinstance(cross_fit.get("examples"), str)
+                                          and isinstance(cross_fit.get("folds"), list)
+                                          and all(isinstance(f, dict) for f in cross_fit["folds"])):
+            raise ConfigError("FeatureJudge: cross_fit must be {'examples': DIGEST, 'folds': "
+                              "[state, ...]}; compile again to rebuild it")
+        self.cross_fit = cross_fit
+
+    def fold_judges(self, examples: str) -> list["FeatureJudge"] | None:
+        """The out-of-fold copies of this judge (example i is scored by copy i mod k) for the
+        examples with this digest (`examples_digest`), or None when it was fitted on others."""
+        if not self.cross_fit or self.cross_fit["examples"] != examples:
+            return None
+        out = []
+        for fold in self.cross_fit["folds"]:
+            judge = copy.copy(self)
+            judge.cross_fit = None
+            judge.set_state({"features": self.features, **fold})
+            out.append(judge)
+        return out
 
     # -- scoring -------------------------------------------------------------------------------
     def input_fields(self, solver: Node) -> set[str]:

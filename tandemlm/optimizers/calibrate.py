@@ -31,7 +31,8 @@ from tandemlm.compose import Pipeline
 from tandemlm.optimizers.artifacts import atomic_write
 from tandemlm.optimizers.passes import CompileContext, Pass
 from tandemlm.modules.cascade import Cascade, json_threshold
-from tandemlm.optimizers.stage_runs import StageRun, cascade_inputs, cascades, run_every_stage
+from tandemlm.optimizers.stage_runs import (StageRun, cascade_inputs, cascades, examples_digest,
+                                             run_every_stage)
 from tandemlm.optimizers.trace_store import Traces
 from tandemlm.runtime import CompileError, ConfigError
 
@@ -59,7 +60,8 @@ class Point:
 class _Table:
     """Per-stage arrays over the calibration examples."""
 
-    def __init__(self, runs: list[StageRun], judges: list[Any] | None = None) -> None:
+    def __init__(self, runs: list[StageRun], judges: list[Any] | None = None,
+                 cross_fit: bool = True) -> None:
         usd = sum(sum(r.usd) + sum(r.judge_usd) for r in runs)
         self.unit = "usd" if usd > 0 else "flops"
         self.runs, self.judges = runs, judges or [None] * len(runs)
@@ -73,12 +75,16 @@ class _Table:
         #: per-example quality a point is compared with (the best single stage's), if set
         self.reference: np.ndarray | None = None
         self._chained: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
+        digest = examples_digest(runs)
+        #: per stage, the judge's out-of-fold copies (example i scored by copy i mod k), if kept
+        self.folds = [j.fold_judges(digest) if cross_fit and hasattr(j, "fold_judges") else None
+                      for j in self.judges]
 
     def score(self, s: int, before: tuple[int, ...]) -> np.ndarray:
         """Stage `s`'s judge scores after the stages `before`: its recorded scores, or for a judge
         that compares with earlier answers (`rescore`), its scores re-computed for that chain."""
-        judge = self.judges[s]
-        if not before or not hasattr(judge, "rescore"):
+        judge, folds = self.judges[s], self.folds[s]
+        if folds is None and (not before or not hasattr(judge, "rescore")):
             return self.scores[s]
         key = (s, tuple(sorted(before)))
         if key not in self._chained:
@@ -88,8 +94,14 @@ class _Table:
             features = [t.info.get("features") if t is not None else None for t in run.judge_traces]
             earlier = [[said(self.runs[j], i) for j in key[1] if self.runs[j].answers[i].ok]
                        for i in range(len(run.answers))]
-            got = judge.rescore(features, [said(run, i) for i in range(len(run.answers))], earlier)
-            self._chained[key] = np.array([np.nan if x is None else x for x in got])
+            mine = [said(run, i) for i in range(len(run.answers))]
+            got = np.full(len(mine), np.nan)
+            for f, scorer in enumerate(folds or [judge]):
+                rows = list(range(f, len(mine), len(folds or [judge])))
+                out = scorer.rescore([features[i] for i in rows], [mine[i] for i in rows],
+                                     [earlier[i] for i in rows])
+                got[rows] = [np.nan if x is None else x for x in out]
+            self._chained[key] = got
         return self._chained[key]
 
     def thresholds(self, scores: np.ndarray, grid: int) -> np.ndarray:
@@ -117,6 +129,18 @@ def _chain_points(t: _Table, chain: tuple[int, ...], grid: int) -> list[Point]:
 
 
 def _point(t: _Table, chain: tuple[int, ...], scores: list[np.ndarray], combo: tuple) -> Point:
+    right, cost = _outcome(t, chain, scores, combo)
+    n = len(right)
+    se = 0.0
+    if t.reference is not None:  # one more disagreement than seen: no luck on a small set
+        d = right - t.reference
+        se = float(np.sqrt(((d - d.mean()) ** 2).sum() + 1.0) / n)
+    return Point(chain, tuple(float(x) for x in combo), float(right.mean()), float(cost.mean()), se)
+
+
+def _outcome(t: _Table, chain: tuple[int, ...], scores: list[np.ndarray],
+             combo: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Per example: whether the configuration answers right, and what it pays."""
     *judged, last = chain
     n = len(t.correct[last])
     open_ = np.ones(n, dtype=bool)
@@ -129,26 +153,59 @@ def _point(t: _Table, chain: tuple[int, ...], scores: list[np.ndarray], combo: t
         open_ &= ~stop
     cost += open_ * t.cost[last]
     right += open_ * t.correct[last]
-    se = 0.0
-    if t.reference is not None:  # one more disagreement than seen: no luck on a small set
-        d = right - t.reference
-        se = float(np.sqrt(((d - d.mean()) ** 2).sum() + 1.0) / n)
-    return Point(chain, tuple(float(x) for x in combo), float(right.mean()), float(cost.mean()), se)
+    return right, cost
+
+
+def _scores(t: _Table, chain: tuple[int, ...]) -> list[np.ndarray]:
+    return [np.nan_to_num(t.score(s, chain[:k]), nan=-np.inf) for k, s in enumerate(chain[:-1])]
 
 
 def point_at(t: _Table, chain: list[int], thresholds: list[float]) -> Point:
     """How one cascade configuration (stage order, each stage's threshold) does on the table."""
     chain_ = tuple(chain)
-    scores = [np.nan_to_num(t.score(s, chain_[:k]), nan=-np.inf) for k, s in enumerate(chain_[:-1])]
-    return _point(t, chain_, scores, tuple(float(thresholds[s]) for s in chain_[:-1]))
+    return _point(t, chain_, _scores(t, chain_), tuple(float(thresholds[s]) for s in chain_[:-1]))
+
+
+def robust_choice(t: _Table, points: list[Point], match: float, *, delta: float, tolerance: float,
+                  resamples: int, tie: float = 0.8, tolerance_se: float = 0.0,
+                  seed: int = 0) -> tuple[Point, Point, list[Point], float]:
+    """(chosen, reference, tied, tolerance): the cheapest point whose quality stays within the
+    tolerance of `match` × the reference's in at least 1 − `delta` of bootstrap resamples of the
+    examples; the tolerance is `tolerance` plus `tolerance_se` bootstrap standard errors of the
+    reference's quality.
+
+    The reference is the cheapest single stage the best one does not clearly beat (by more than
+    `tolerance` in at least a fraction `tie` of the resamples): models within noise of each other
+    are one target, and no point dearer than the reference is chosen."""
+    singles = [p for p in points if len(p.chain) == 1]
+    best = max(singles, key=lambda p: (p.quality, -p.cost))
+    n = len(t.correct[0])
+    weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples) / n
+    need = 1.0 - delta - 1e-12
+    top = t.correct[best.chain[0]]
+    tied = [p for p in singles
+            if np.mean(weights @ (top - t.correct[p.chain[0]]) > tolerance + 1e-12) < tie - 1e-12]
+    reference = min(tied, key=lambda p: (p.cost, -p.quality))
+    resampled = weights @ t.correct[reference.chain[0]]
+    tolerance = tolerance + tolerance_se * float(resampled.std())
+    target = match * resampled - tolerance - 1e-12
+    candidates = sorted((p for p in points if p.cost <= reference.cost
+                         and p.quality >= match * reference.quality - tolerance - 1e-12),
+                        key=lambda p: (p.cost, -p.quality))
+    for p in candidates:
+        right, _ = _outcome(t, p.chain, _scores(t, p.chain), p.thresholds)
+        if np.mean(weights @ right >= target) >= need:
+            return p, reference, tied, tolerance
+    return reference, reference, tied, tolerance
 
 
 def cost_quality_points(runs: list[StageRun], judges: list[Any], *, max_stages: int = 3,
-                        grid: int = 25, order: str = "any") -> tuple[_Table, list[Point]]:
+                        grid: int = 25, order: str = "any",
+                        cross_fit: bool = True) -> tuple[_Table, list[Point]]:
     """Every chain of up to `max_stages` stages (judged stages first; with order="cost" only
     chains from cheaper to dearer stages) at every threshold combination, scored offline; each
     point's `se` is the standard error of its per-example difference from the best single stage."""
-    table = _Table(runs, judges)
+    table = _Table(runs, judges, cross_fit)
     stages = list(range(len(runs)))
     if order == "cost":
         stages.sort(key=lambda s: float(table.cost[s].mean()))
@@ -189,7 +246,22 @@ class Calibrate(Pass):
             takes the cheapest point at the target; 1 guards against points that reach it on a
             small calibration set by luck: the error counts one disagreement more than seen, so
             a chain that never differs from the best stage there must still beat it.
+        delta: with `match`, choose by bootstrap instead of `z`: the cheapest point whose quality
+            is at least `match` × the reference's − `tolerance` in ≥ 1 − delta of `resamples`
+            resamples of the calibration examples, where the reference is the cheapest single
+            stage within noise of the best (see `robust_choice`). None: the `z` rule.
+        tolerance: quality (absolute, e.g. 0.005 = half a point) a point may lose to the target.
+        tolerance_se: with `delta`, a further tolerance in bootstrap standard errors of the
+            reference's quality (1: "within noise of it on a sample this size").
+        resamples: bootstrap resamples for `delta`.
+        tie: with `delta`, a single stage counts as the best one's equal (and the cheapest equal
+            becomes the target) unless the best beats it in at least this fraction of resamples.
+        cross_fit: score each calibration example with the judge's out-of-fold model where
+            `FitJudges` kept them, so thresholds are chosen on scores of examples the judge did
+            not learn from.
         nodes: cascades to calibrate (paths or names); default: all.
+
+    With `match`, no point dearer than the best single stage is chosen.
     """
 
     match: float | None = None
@@ -198,6 +270,12 @@ class Calibrate(Pass):
     grid: int = 25
     order: str = "any"
     z: float = 0.0
+    delta: float | None = None
+    tolerance: float = 0.0
+    resamples: int = 1000
+    tie: float = 0.8
+    tolerance_se: float = 0.0
+    cross_fit: bool = True
     nodes: list[str] | None = None
 
     name = "calibrate"
@@ -213,6 +291,13 @@ class Calibrate(Pass):
             raise ConfigError("Calibrate: max_stages must be >= 1 and grid >= 2")
         if self.order not in ("any", "cost"):
             raise ConfigError(f"Calibrate(order={self.order!r}): use 'any' or 'cost'")
+        if self.delta is not None and not 0 < self.delta < 0.5:
+            raise ConfigError(f"Calibrate(delta={self.delta}): use a risk in (0, 0.5), e.g. 0.1")
+        if self.delta is not None and self.match is None:
+            raise ConfigError("Calibrate: delta applies to a match target only")
+        if self.tolerance < 0 or self.tolerance_se < 0 or self.resamples < 10 or not 0.5 <= self.tie <= 1:
+            raise ConfigError("Calibrate: tolerance and tolerance_se must be >= 0, resamples >= "
+                              "10 and tie in [0.5, 1]")
 
     def apply(self, pipeline: Pipeline, traces: Traces, ctx: CompileContext) -> Pipeline:
         new = ctx.copy(pipeline)
@@ -226,7 +311,7 @@ class Calibrate(Pass):
         for path, cascade in picked.items():
             runs = run_every_stage(new, path, cascade_inputs(split, path), ctx)
             _require_usable(runs, split, path, "validation" if ctx.valset else "training")
-            chosen, report = self._search(runs, cascade)
+            chosen, report = self._search(runs, cascade, ctx.seed)
             thresholds = list(cascade.thresholds)
             for s, value in zip(chosen.chain, chosen.thresholds, strict=False):
                 thresholds[s] = value
@@ -237,15 +322,26 @@ class Calibrate(Pass):
                               f"quality {chosen.quality:.3f}, cost {chosen.cost:.3g} {report['unit']}")
         return new
 
-    def _search(self, runs: list[StageRun], cascade: Cascade) -> tuple[Point, dict[str, Any]]:
+    def _search(self, runs: list[StageRun], cascade: Cascade,
+                seed: int = 0) -> tuple[Point, dict[str, Any]]:
         names = [s.name for s in cascade.solvers]
         table, points = cost_quality_points(runs, cascade.judges, max_stages=self.max_stages,
-                                            grid=self.grid, order=self.order)
+                                            grid=self.grid, order=self.order,
+                                            cross_fit=self.cross_fit)
         singles = [p for p in points if len(p.chain) == 1]
         best_single = max(singles, key=lambda p: (p.quality, -p.cost))
-        if self.match is not None:
+        extra: dict[str, Any] = {}
+        if self.match is not None and self.delta is not None:
+            chosen, reference, tied, tolerance = robust_choice(
+                table, points, self.match, delta=self.delta, tolerance=self.tolerance,
+                resamples=self.resamples, tie=self.tie, tolerance_se=self.tolerance_se, seed=seed)
+            target = self.match * reference.quality - tolerance
+            extra = {"reference": reference.to_dict(names),
+                     "tied": [names[p.chain[0]] for p in tied]}
+        elif self.match is not None:
             target = self.match * best_single.quality
-            feasible = [p for p in points if p.quality - target >= self.z * p.se - 1e-12]
+            feasible = [p for p in points if p.quality - target >= self.z * p.se - 1e-12
+                        and p.cost <= best_single.cost]
             chosen = min(feasible, key=lambda p: (p.cost, -p.quality))
         else:
             target = self.budget
@@ -254,7 +350,7 @@ class Calibrate(Pass):
                       else min(points, key=lambda p: p.cost))
         report = {"unit": table.unit, "n": len(table.correct[0]), "target": target,
                   "match": self.match, "budget": self.budget,
-                  "best_single": best_single.to_dict(names),
+                  "best_single": best_single.to_dict(names), **extra,
                   "singles": [p.to_dict(names) for p in singles],
                   "chosen": chosen.to_dict(names),
                   "cost_vs_best_single": chosen.cost / best_single.cost if best_single.cost else None,

@@ -6,10 +6,13 @@ stage and once after each of a few seeded subsets of the stages declared before 
 with them: a cascade escalates from cheap to dear, so a stage is compared with cheaper ones), so
 one model serves the chains `Calibrate` may then choose.
 
-Each non-empty subset of the judge's features (text, confidence, agreement) is fitted as a
-logistic model on most examples and scored by AUC on the rest (a seeded hold-out, by example);
-the best subset (the smaller one on a near tie) is refitted on all rows and kept. The report
-says, per stage, which features won and every subset's held-out AUC.
+Each non-empty subset of the judge's features (text, confidence, agreement) is cross-fitted: a
+logistic model fitted on k−1 folds of the examples scores the held-out fold, and the subset's
+out-of-fold AUC is that of these scores pooled over every example (each held out once). The best
+subset (the smaller one on a near tie) is refitted on all rows and kept, with its k fold models
+(`cross_fit` in the judge's state): `Calibrate` scores each calibration example with the model
+that did not see it, so thresholds are chosen on honest scores over the whole split. The report
+says, per stage, which features won and every subset's out-of-fold AUC.
 
 Put it after `TrainScorer` (which trains a judge's text scorer) and before `Calibrate`; with a
 valset it fits there, as `Calibrate` does.
@@ -28,7 +31,8 @@ from tandemlm.compose import Pipeline
 from tandemlm.modules.cascade import Cascade
 from tandemlm.modules.feature_judge import FeatureJudge, agreement
 from tandemlm.optimizers.passes import CompileContext, Pass
-from tandemlm.optimizers.stage_runs import StageRun, cascade_inputs, cascades, run_every_stage
+from tandemlm.optimizers.stage_runs import (StageRun, cascade_inputs, cascades, examples_digest,
+                                             run_every_stage)
 from tandemlm.optimizers.train_scorer import auc
 from tandemlm.optimizers.trace_store import Traces
 from tandemlm.runtime import CompileError, ConfigError
@@ -65,14 +69,14 @@ class FitJudges(Pass):
     """Fit `FeatureJudge`s on labelled stage answers; see the module docstring.
 
     Args:
-        holdout: fraction of examples held out to compare feature subsets.
+        folds: k of the cross-fit (example i is in fold i mod k).
         prefixes: seeded subsets of the earlier stages each example is also seen after.
         max_earlier: the largest such subset (a chain of `max_earlier + 1` judged stages).
         l2: regularisation of the logistic model (on standardised features).
         nodes: cascades whose judges to fit (paths or names); default: all.
     """
 
-    holdout: float = 0.25
+    folds: int = 5
     prefixes: int = 12
     max_earlier: int = 2
     l2: float = 1.0
@@ -81,9 +85,9 @@ class FitJudges(Pass):
     name = "fit_judges"
 
     def __post_init__(self) -> None:
-        if not 0 < self.holdout < 1 or self.prefixes < 0 or self.max_earlier < 0:
-            raise ConfigError("FitJudges: holdout must lie in (0, 1); prefixes and max_earlier "
-                              "must be >= 0")
+        if self.folds < 2 or self.prefixes < 0 or self.max_earlier < 0:
+            raise ConfigError(f"FitJudges: folds must be >= 2 (got {self.folds}); prefixes and "
+                              f"max_earlier must be >= 0")
 
     def apply(self, pipeline: Pipeline, traces: Traces, ctx: CompileContext) -> Pipeline:
         new = ctx.copy(pipeline)
@@ -140,32 +144,33 @@ class FitJudges(Pass):
             ctx.reporter.note(f"{self.name} {name}: no feature varies here; kept as is")
             ctx.details[name] = {"features": [], "rows": len(rows.label), "held_out_auc": {}}
             return []
-        examples = sorted(set(rows.example))
-        held = set(ctx.rng(f"holdout:{name}").sample(examples, max(1, int(len(examples) * self.holdout))))
-        test = np.array([e in held for e in rows.example])
+        fold = np.array(rows.example) % self.folds
         results = {}
         for k in range(1, len(usable) + 1):
             for subset in itertools.combinations(usable, k):
-                x, _ = _standardise(np.array([judge.vector(v, subset) for v in rows.values]))
-                w = logistic(x[~test], y[~test], self.l2)
-                z = np.hstack([x[test], np.ones((int(test.sum()), 1))]) @ w
-                results[subset] = auc(list(np.round(z, 9)), list(y[test]))  # float noise: ties
+                x = np.array([judge.vector(v, subset) for v in rows.values])
+                z = np.zeros(len(y))
+                for f in range(self.folds):
+                    held = fold == f
+                    if held.any():
+                        z[held] = _margin(x[held], *_fit(x[~held], y[~held], self.l2))
+                results[subset] = auc(list(np.round(z, 9)), list(y))  # float noise: ties
         scored = {k: v for k, v in results.items() if v is not None}
         top = max(scored.values(), default=None)
         best = min((k for k, v in scored.items() if top - v <= TIE), key=len) if scored \
             else tuple(judge.features)
-        x, scale = _standardise(np.array([judge.vector(v, best) for v in rows.values]))
-        w = logistic(x, y, self.l2)
+        x = np.array([judge.vector(v, best) for v in rows.values])
         columns = judge.columns(best)
-        judge.set_state({"features": list(best),
-                         "weights": {**dict(zip(columns, map(float, w[:-1]), strict=True)),
-                                     "bias": float(w[-1])},
-                         "scale": dict(zip(columns, scale, strict=True))})
+        state = _state(columns, *_fit(x, y, self.l2))
+        folds = [_state(columns, *_fit(x[fold != f], y[fold != f], self.l2))
+                 for f in range(self.folds)]
+        judge.set_state({"features": list(best), **state,
+                         "cross_fit": {"examples": examples_digest(runs), "folds": folds}})
         ctx.details[name] = {"features": list(best), "rows": len(rows.label),
                              "held_out_auc": {"+".join(k): v for k, v in results.items()}}
-        ctx.reporter.note(f"{self.name} {name}: {'+'.join(best)} (held-out AUC "
-                          f"{results.get(best) or float('nan'):.3f}; "
-                          + ", ".join(f"{'+'.join(k)} {v:.3f}" for k, v in scored.items() if k != best)
+        ctx.reporter.note(f"{self.name} {name}: {'+'.join(best)} (out-of-fold AUC "
+                          f"{results.get(best) or float('nan'):.3f}"
+                          + "".join(f", {'+'.join(k)} {v:.3f}" for k, v in scored.items() if k != best)
                           + ")")
         return list(best)
 
@@ -175,7 +180,22 @@ def _informative(values: list[dict[str, float | None]], feature: str) -> bool:
     return len({v.get(feature) for v in values}) > 1
 
 
-def _standardise(x: np.ndarray) -> tuple[np.ndarray, list[list[float]]]:
+def _fit(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(weights with the bias last, column means, column scales) of the logistic model on
+    standardised columns; one class only gives a constant model at its frequency."""
     mean, std = x.mean(axis=0), x.std(axis=0)
     std[std < 1e-12] = 1.0
-    return (x - mean) / std, [[float(m), float(d)] for m, d in zip(mean, std, strict=True)]
+    if len(set(y.tolist())) < 2:
+        rate = float(np.clip(y.mean() if len(y) else 0.5, 1e-3, 1 - 1e-3))
+        return np.append(np.zeros(x.shape[1]), np.log(rate / (1 - rate))), mean, std
+    return logistic((x - mean) / std, y, l2), mean, std
+
+
+def _margin(x: np.ndarray, w: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return ((x - mean) / std) @ w[:-1] + w[-1]
+
+
+def _state(columns: list[str], w: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dict:
+    """A `FeatureJudge` state's weights and scale (JSON values)."""
+    return {"weights": {**dict(zip(columns, map(float, w[:-1]), strict=True)), "bias": float(w[-1])},
+            "scale": {c: [float(m), float(d)] for c, m, d in zip(columns, mean, std, strict=True)}}

@@ -11,6 +11,8 @@ feed it exactly as at run time.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +48,13 @@ class StageRun:
     judge_traces: list[NodeTrace | None] = field(default_factory=list)
     judge_usd: list[float] = field(default_factory=list)
     judge_flops: list[float] = field(default_factory=list)
+
+
+def examples_digest(runs: list[StageRun]) -> str:
+    """A fingerprint of the examples (the first stage's inputs, in order) the runs cover: what a
+    judge's out-of-fold models (`FitJudges`) are valid for."""
+    inputs = [a.inputs for a in runs[0].answers] if runs else []
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def cascades(pipeline: Pipeline) -> dict[str, Cascade]:

@@ -14,9 +14,11 @@ where the data has one, agreement with earlier stages' answers, and — where th
 question and the train split has at least `SCORER_MIN_ROWS` rows — a MiniLM cross-encoder on
 (question, answer). With the cross-encoder, the compile trains it on three quarters of the train
 split (`TrainScorer`) and fits the rest on the other quarter; without it, everything fits on the
-whole train split: `FitJudges` picks the judge features and `Calibrate(match=1.0, z=1)` picks the
-stages (cheap to dear, up to four), their thresholds, to reach the best single model's train
-accuracy at least cost. Nothing depends on the files shipped today: any file in that format is a
+whole train split: `FitJudges` picks the judge features (cross-fitted) and
+`Calibrate(match=1.0, delta=0.1)` picks the stages (cheap to dear, up to four) and their
+thresholds: the cheapest configuration that matches the best single model's train accuracy in 90%
+of bootstrap resamples, scored with the judges' out-of-fold models, and never dearer than that
+model (models within noise of the best count as the best). Nothing depends on the files shipped today: any file in that format is a
 task.
 
 An answer is right when the source judged the model that gave exactly that text right
@@ -152,8 +154,8 @@ def build(data: list[str], models: list[str], *, scorer: bool = True, confidence
     return Pipeline([Cascade(stages)], name=name)
 
 
-def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3, z: float = 1.0,
-         seed: int = 0) -> Task:
+def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3,
+         delta: float = 0.1, z: float | None = None, seed: int = 0) -> Task:
     """The suite task for one discovered replay benchmark.
 
     Args:
@@ -161,7 +163,9 @@ def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3, z
             (a long few-shot prompt would be cut before the question) and the train split has at
             least `SCORER_MIN_ROWS` rows.
         epochs: the cross-encoder's training epochs.
-        z: `Calibrate`'s guard against a lucky chain on a small calibration set (0: none).
+        delta: `Calibrate`'s risk: the chosen point must match the target in 1 − delta of
+            bootstrap resamples of the calibration rows.
+        z: use `Calibrate`'s older standard-error rule with this z instead (0: no guard).
     """
     train_pairs, test_pairs = splits(spec)
     train_rows = [r for r, _ in train_pairs]
@@ -178,7 +182,9 @@ def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3, z
                "confidence": has_confidence, "text_field": "question" if bare else "prompt"}
     train = [_example(r, f) for r, f in train_pairs]
     fit, val = [x for i, x in enumerate(train) if i % 4 != 0], [x for i, x in enumerate(train) if i % 4 == 0]
-    passes = [FitJudges(), Calibrate(match=1.0, order="cost", max_stages=4, z=z)]
+    calibrate = Calibrate(match=1.0, order="cost", max_stages=4, delta=delta) if z is None \
+        else Calibrate(match=1.0, order="cost", max_stages=4, z=z)
+    passes = [FitJudges(), calibrate]
     if scorer:
         passes.insert(0, TrainScorer(train_encoder=True, epochs=epochs))
     program = f"tandemlm.suites.replay:build({', '.join(f'{k}={v!r}' for k, v in options.items())})"
@@ -190,13 +196,14 @@ def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3, z
 
 
 def suite(data: str | Path | None = None, *, scorer: bool | None = None, epochs: int = 3,
-          z: float = 1.0) -> Suite:
+          delta: float = 0.1, z: float | None = None) -> Suite:
     """Every replay task in `data` (default: `default_dir()`); options as `task`'s."""
     root = data or default_dir()
     if root is None:
         raise ConfigError("the replay suite needs its data: pass --data DIR (a directory of "
                           "replay .jsonl files) or set TANDEM_REPLAY_DIR")
     specs = discover(root)
-    return Suite(name="replay", tasks={s["name"]: (lambda s=s: task(s, scorer=scorer, epochs=epochs, z=z))
+    return Suite(name="replay", tasks={s["name"]: (lambda s=s: task(s, scorer=scorer, epochs=epochs,
+                                                                   delta=delta, z=z))
                                        for s in specs},
                  description=f"cascades over recorded real models, from {root}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +178,70 @@ def test_an_infinite_threshold_never_stops_there_and_is_saved_as_json(data, tmp_
     assert result.score == 1.0  # strong answered everything
     assert all(r.result.trace[0].info["answered_by"] == names.index("strong") for r in result.records)
     assert result.summary["total_cost_usd"] / N == pytest.approx(0.001 + 0.02)
+
+
+def _tied_rows():
+    # "near" is wrong on one question of 40, "best" on none, at twice near's price: best is the
+    # best on this sample, but one question does not show that it is better
+    return [{"id": f"q{i}", "prompt": f"P{i}", "question": f"q{i}", "gold": "yes",
+             "models": {"near": {"output": "no" if i == 7 else "yes", "correct": i != 7,
+                                 "cost_usd": 0.01},
+                        "best": {"output": "yes", "correct": True, "cost_usd": 0.02}}}
+            for i in range(N)]
+
+
+def test_delta_treats_models_within_noise_as_one_target_and_never_pays_more(tmp_path):
+    path = tmp_path / "tied.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _tied_rows()))
+    def build():
+        solvers = [Solve("prompt, question -> answer", model=Model("recorded", m, data=str(path)),
+                         name=m, prompt_field="prompt", key_field="id") for m in ("near", "best")]
+        return Pipeline([Cascade([Stage(solvers[0], judge=_judge("judge_near")),
+                                  Stage(solvers[1])])], name="tied")
+    examples = [{k: r[k] for k in ("id", "prompt", "question", "gold")} for r in _tied_rows()]
+    z_rule, robust, noisy = (compile(build(), examples, metric, progress=False, passes=[calibrate])
+                             .compile_report[0].details["cascade"]
+                             for calibrate in (Calibrate(match=1.0, z=1.0),
+                                               Calibrate(match=1.0, delta=0.1),
+                                               Calibrate(match=1.0, delta=0.1, tolerance_se=1.0)))
+    assert z_rule["chosen"]["stages"] == ["best"]
+    # best beats near in about 64% of resamples (those that draw question 7), not 90%: tied
+    assert robust["tied"] == ["near", "best"] and robust["reference"]["stages"] == ["near"]
+    assert robust["chosen"]["cost"] <= robust["reference"]["cost"] < robust["best_single"]["cost"]
+    assert robust["target"] == pytest.approx(39 / 40)
+    # one standard error of near's accuracy on 40 rows lowers the target by about 2.5 points
+    assert noisy["target"] == pytest.approx(39 / 40 - (39 / 40 * 1 / 40 / 40) ** 0.5, abs=0.003)
+    assert noisy["chosen"]["cost"] <= robust["chosen"]["cost"]
+
+
+def test_delta_chooses_the_cheapest_point_that_holds_in_most_resamples(data):
+    import numpy as np
+
+    from tandemlm.optimizers.calibrate import _outcome, _scores, cost_quality_points, robust_choice
+    from tandemlm.optimizers.passes import CompileContext
+    from tandemlm.optimizers.stage_runs import cascade_inputs, cascades, run_every_stage
+    from tandemlm.optimizers.trace_store import TraceStore
+
+    pipe = _build(data)
+    store = TraceStore(metric)
+    ctx = CompileContext(trainset=_examples(), valset=[], metric=metric, store=store, out=Path("."))
+    cascade = cascades(pipe)["cascade"]
+    runs = run_every_stage(pipe, "cascade", cascade_inputs(store.run(pipe, _examples()), "cascade"), ctx)
+    table, points = cost_quality_points(runs, cascade.judges)
+    loose, strict = (robust_choice(table, points, 0.9, delta=delta, tolerance=0.0, resamples=400)[0]
+                     for delta in (0.45, 0.05))
+    assert loose.cost <= strict.cost
+    # recompute the rule for the strict choice and every cheaper point, with the same resamples
+    n = len(table.correct[0])
+    w = np.random.default_rng(0).multinomial(n, np.full(n, 1 / n), size=400) / n
+    strong = [s.name for s in cascade.solvers].index("strong")  # the reference: the others lose
+    target = 0.9 * (w @ table.correct[strong])
+    def holds(p):
+        right, _ = _outcome(table, p.chain, _scores(table, p.chain), p.thresholds)
+        return np.mean(w @ right >= target - 1e-12) >= 0.95 - 1e-12
+    assert holds(strict)
+    assert not any(holds(p) for p in points if p.cost < strict.cost)
+    with pytest.raises(ConfigError, match="delta"):
+        Calibrate(match=1.0, delta=0.7)
+    with pytest.raises(ConfigError, match="match target only"):
+        Calibrate(budget=1.0, delta=0.1)

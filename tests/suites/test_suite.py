@@ -253,3 +253,12 @@ def test_the_overruling_suite_is_the_demo_compile_as_a_task():
     assert len(task.train) + len(task.val) + len(task.test) == len(read_replay_file(EXCERPT).rows)
     with pytest.raises(ConfigError, match="unknown suite"):
         load_suite("nonesuch")
+
+
+def test_the_chosen_point_is_never_dearer_on_train_than_the_best_single_model_there(results):
+    _, got = results
+    for name, task in got["tasks"].items():
+        best = max(task["singles"].values(), key=lambda f: (f["train_accuracy"], -f["train_cost"]))
+        assert task["cascade"]["train_cost"] <= best["train_cost"] + 1e-12, name
+        passes = dict((n, c) for n, c in task["passes"])
+        assert passes["Calibrate"]["delta"] == 0.1 and passes["FitJudges"]["folds"] == 5
