@@ -1,13 +1,13 @@
 """Compiled FrugalGPT cascade vs GPT-4 alone on OVERRULING (FrugalGPT's data, 2,160 rows).
 
 Train = rows with an even index (3/4 of them train the MiniLM scorer, 1/4 calibrate), test = odd
-rows. This is `tandem demo` (`tandemlm.suites.demo.run_demo`) on the full file: `compile` runs
-`TrainScorer(train_encoder=True)` then `Calibrate(match=1.0)` on `tandemlm.suites.overruling`, and
+rows. This is `tandem demo` (`tandemlm.suites.demo.run_demo`): `compile` runs
+`TrainScorer(train_encoder=True)` then the demo's `Calibrate` on `tandemlm.suites.overruling`, and
 the compiled cascade and every single API are evaluated on the test half in the same run. Prints
 accuracy and cost of each and the cascade's cost as a fraction of GPT-4's; the last line is one
 JSON object. The report, per-example results, calibration curve and plot go to `--out`.
 
-    python benchmarks/cascade_overruling.py [--data ../shared/data/replay/overruling_all.jsonl]
+    python benchmarks/cascade_overruling.py [--data REPLAY.jsonl (default: the packaged file)]
         [--out runs/cascade_overruling] [--epochs 3]
 """
 
@@ -16,17 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
-from tandemlm.optimizers import Calibrate, TrainScorer
-from tandemlm.suites.demo import run_demo
-
-ROOT = Path(__file__).resolve().parents[1]
+from tandemlm.optimizers import TrainScorer
+from tandemlm.suites.demo import PASSES, run_demo
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/replay/overruling_all.jsonl"))
+    parser.add_argument("--data", default=None, help="a replay file (default: the packaged one)")
     parser.add_argument("--out", default="runs/cascade_overruling")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=None, help="scorer learning rate (default 3e-5)")
@@ -34,7 +31,7 @@ def main() -> None:
     started = time.perf_counter()
     report = run_demo(args.out, data=args.data,
                       passes=[TrainScorer(train_encoder=True, epochs=args.epochs, lr=args.lr),
-                              Calibrate(match=1.0)])
+                              PASSES[-1]])
     seconds = time.perf_counter() - started
     singles, cascade = report["singles"], report["cascade"]
     gpt4 = singles["gpt-4"]

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
+from tandemlm.runtime import terminal
 
 from tandemlm.evaluate import EvaluationInterrupted, evaluate, load_metric, load_program
 from tandemlm.optimizers import RichReporter, compile
@@ -16,7 +16,7 @@ from tandemlm.runtime import TandemError
 
 app = typer.Typer(help="tandemlm: compile and evaluate LM pipelines in which small models help "
                        "large ones.", no_args_is_help=True, add_completion=False)
-console = Console()
+console = terminal.console()
 
 
 def _fail(exc: Exception) -> None:

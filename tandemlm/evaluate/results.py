@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tandemlm.compose import ExampleResult, NodeTrace
-from tandemlm.runtime import Cost, Ledger
+from tandemlm.runtime import Cost, Ledger, terminal
 from tandemlm.runtime.files import atomic_write
 
 #: the share of failed examples above which an evaluation counts as failed (`EvalResult.failure`)
@@ -126,7 +126,7 @@ class EvalResult:
 
     def print(self, console: Console | None = None) -> None:
         """The table, then the most common errors when examples failed."""
-        console = console or Console()
+        console = console or terminal.console()
         console.print(self.table())
         for line in error_digest(self.error_counts(), len(self.records)):
             console.print(line, markup=False, highlight=False, soft_wrap=True)

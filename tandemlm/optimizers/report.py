@@ -13,6 +13,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tandemlm.runtime import terminal
+
 
 @dataclass
 class PassReport:
@@ -70,7 +72,7 @@ class RichReporter(Reporter):
     """Progress bars and notes on the terminal (stderr), a table row per pass."""
 
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or terminal.console(stderr=True)
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:

@@ -1,14 +1,17 @@
 """`tandem demo`: compile a FrugalGPT cascade over real recorded model answers and compare it with
 every single model — no GPU, API key or download.
 
-The packaged OVERRULING excerpt (432 rows of FrugalGPT's data) is split by row index: odd rows are
-the test half; of the even rows, three in four train the MiniLM judge (`TrainScorer`) and one in
-four calibrates the cascade (`Calibrate(match=1.0)`). Writes into `out`:
+The packaged OVERRULING data (FrugalGPT's 2,160 rows, gzip-compressed in the package) is split by
+row index: odd rows are the test half; of the even rows, three in four train the MiniLM judge
+(`TrainScorer`) and one in four calibrates the cascade: `Calibrate(match=1.0, delta=0.1,
+tolerance_se=1.0)`, the cheapest chain that matches GPT-4's accuracy on the calibration rows,
+within one standard error, in 90% of bootstrap resamples of them. Writes into `out`:
 
 * `compiled/` — the compiled program (`program.json`, scorer weights, the calibration curve);
 * `eval/results.jsonl` — every test example's answer, trace and cost; `eval/summary.json`;
 * `report.json` — every single model's and the cascade's test accuracy and cost;
-* `cost_quality.png` — single models as points, the calibration curve, the cascade on test.
+* `cost_quality.png` — on the test half: every single model, the cost–quality curve of every
+  chain and threshold (what the best choice could have been), and the compiled cascade.
 """
 
 from __future__ import annotations
@@ -23,9 +26,15 @@ from rich.table import Table
 from tandemlm.evaluate import evaluate, packaged_data
 from tandemlm.optimizers import Calibrate, Pass, TrainScorer, compile
 from tandemlm.optimizers.artifacts import atomic_write
+from tandemlm.optimizers.stage_runs import cascades
+from tandemlm.runtime import CallCache, terminal, use_cache
 from tandemlm.suites.overruling import STAGES, build, metric, splits
+from tandemlm.suites.run import cascade_figures
+from tandemlm.suites.suite import Task
 
-PASSES = (TrainScorer(train_encoder=True, epochs=3), Calibrate(match=1.0))
+PASSES = (TrainScorer(train_encoder=True, epochs=3),
+          Calibrate(match=1.0, delta=0.1, tolerance_se=1.0))
+DATA = "overruling_all.jsonl.gz"
 
 
 def single_models(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -40,16 +49,23 @@ def run_demo(out: str | Path, *, data: str | Path | None = None, passes: list[Pa
     """Compile and evaluate the cascade (see the module docstring); returns the report.
 
     Args:
-        data: a replay file in the same format (e.g. the full 2,160-row OVERRULING file).
+        data: a replay file in the same format (default: the packaged 2,160-row file).
         passes: the compile's passes (default `PASSES`); the last must be a `Calibrate`.
     """
     out = Path(out)
-    data = str(data or packaged_data("overruling_excerpt.jsonl"))
+    data = str(data or packaged_data(DATA))
     train, val, test = splits(data)
-    compiled = compile(build(data), train, metric, valset=val, passes=list(passes or PASSES),
+    passes = list(passes or PASSES)
+    compiled = compile(build(data), train, metric, valset=val, passes=passes,
                        out_dir=out / "compiled", source="tandemlm.suites.overruling:build",
                        progress=progress)
-    result = evaluate(compiled, test, metric, out=out / "eval", progress=progress)
+    cache = CallCache()  # the test curve below reuses the evaluation's judge calls
+    with use_cache(cache):
+        result = evaluate(compiled, test, metric, out=out / "eval", progress=progress)
+    task = Task(name="demo", program="tandemlm.suites.overruling:build", train=train, val=val,
+                test=test, metric=metric, passes=passes)
+    path, cascade_node = next(iter(cascades(compiled).items()))
+    on_test = cascade_figures(task, compiled, path, cascade_node, cache, out, progress, None)
     singles = single_models(test)
     best = max(singles, key=lambda name: (singles[name]["accuracy"], -singles[name]["cost_usd"]))
     calibration = compiled.compile_report[-1].details["cascade"]
@@ -59,10 +75,14 @@ def run_demo(out: str | Path, *, data: str | Path | None = None, passes: list[Pa
                "cost_fraction": result.summary["total_cost_usd"] / singles[best]["cost_usd"],
                "stages": calibration["chosen"]["stages"],
                "thresholds": calibration["chosen"]["thresholds"]}
-    report = {"data": data, "n_test": len(test), "n_train": len(train), "n_val": len(val),
-              "singles": singles, "best_single": {"model": best, **singles[best]},
+    n = len(test)
+    top = singles[best]["accuracy"]
+    report = {"data": data, "n_test": n, "n_train": len(train), "n_val": len(val),
+              "singles": singles, "best_single": {"model": best, **singles[best],
+                                                  "stderr": (top * (1 - top) / n) ** 0.5},
               "cascade": cascade, "scorer": compiled.compile_report[0].details,
-              "calibration": calibration}
+              "calibration": calibration, "test_curve": on_test["test_curve"],
+              "parity_cost_fraction": on_test["parity_cost_fraction"]}
     atomic_write(out / "report.json", json.dumps(report, indent=1) + "\n")
     _plot(out / "cost_quality.png", report, len(test))
     return report
@@ -84,9 +104,22 @@ def table(report: dict[str, Any]) -> Table:
     return out
 
 
+def verdict(report: dict[str, Any]) -> str:
+    """One line: the compiled cascade against the best single model, on the test half."""
+    best, cascade = report["best_single"], report["cascade"]
+    gap = cascade["accuracy"] - best["accuracy"]
+    if gap >= -best["stderr"]:
+        how = ("beats" if gap > 0 else "matches") + f" {best['model']}"
+    else:
+        how = f"falls {-gap:.3f} short of {best['model']}"
+    return (f"compiled cascade {how}: accuracy {cascade['accuracy']:.3f} vs {best['accuracy']:.3f} "
+            f"(± {best['stderr']:.3f}) at {cascade['cost_fraction']:.1%} of its cost")
+
+
 def print_report(report: dict[str, Any], out: str | Path, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or terminal.console()
     console.print(table(report))
+    console.print(verdict(report))
     console.print(f"report: {out}/report.json, per-example results: {out}/eval/results.jsonl, "
                   f"plot: {out}/cost_quality.png")
 
@@ -98,11 +131,12 @@ def _plot(path: Path, report: dict[str, Any], n: int) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    curve = report["calibration"]["frontier"]
+    curve = report["test_curve"]
     ax.plot([p["cost"] for p in curve], [p["quality"] for p in curve], "-", color="tab:blue",
-            alpha=0.6, label="cascades, calibration half (Pareto frontier)")
-    for name, figures in report["singles"].items():
-        ax.scatter(figures["cost_usd"] / n, figures["accuracy"], color="grey", s=18)
+            alpha=0.6, label="every chain and threshold, test half (Pareto frontier)")
+    for i, (name, figures) in enumerate(report["singles"].items()):
+        ax.scatter(figures["cost_usd"] / n, figures["accuracy"], color="grey", s=18,
+                   label="single models, test half" if i == 0 else None)
         ax.annotate(name, (figures["cost_usd"] / n, figures["accuracy"]), fontsize=7)
     cascade = report["cascade"]
     ax.scatter(cascade["cost_usd"] / n, cascade["accuracy"], marker="*", s=180, color="red",
@@ -110,7 +144,7 @@ def _plot(path: Path, report: dict[str, Any], n: int) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("mean cost per example (USD)")
     ax.set_ylabel("accuracy")
-    ax.set_title("OVERRULING: single models vs the compiled cascade")
+    ax.set_title("OVERRULING, test half: single models vs the compiled cascade")
     ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")

@@ -10,7 +10,6 @@ one shared cross-encoder on the real all-MiniLM-L6-v2 encoder, which starts untr
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tandemlm.modules.cascade import Cascade, Stage
 from tandemlm.modules.score import Score
 from tandemlm.runtime import Model
 from tandemlm.runtime.backends.hf_classifier import minilm_path
+from tandemlm.runtime.backends.recorded import read_replay_file
 
 STAGES = ["gptj_6B", "j1-large", "gpt-3.5-turbo", "xlarge", "gpt-4"]
 
@@ -48,7 +48,7 @@ def build(data: str | None = None, max_length: int = 96) -> Pipeline:
 def splits(path: str | Path) -> tuple[list[dict], list[dict], list[dict]]:
     """(train, val, test) of a replay file: test = rows with an odd index; of the even rows, every
     fourth calibrates (val) and the rest train the scorer."""
-    rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+    rows = read_replay_file(path).rows
     even, odd = rows[0::2], rows[1::2]
     return ([r for i, r in enumerate(even) if i % 4 != 0], [r for i, r in enumerate(even) if i % 4 == 0],
             odd)

@@ -46,7 +46,7 @@ from tandemlm.optimizers.passes import CompileContext
 from tandemlm.optimizers.report import Reporter, RichReporter
 from tandemlm.optimizers.stage_runs import cascade_inputs, cascades, run_every_stage
 from tandemlm.optimizers.trace_store import TraceStore
-from tandemlm.runtime import CallCache, TandemError, use_cache
+from tandemlm.runtime import CallCache, TandemError, terminal, use_cache
 from tandemlm.suites.suite import Suite, Task
 
 SCHEMA = "tandemlm.suite-results/1"
@@ -74,7 +74,7 @@ def run_suite(suite: Suite, out: str | Path, *, tasks: list[str] | None = None,
     finished; a re-run resumes each task's compile)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    console = console or Console()
+    console = console or terminal.console()
     results: dict[str, Any] = {"schema": SCHEMA, "suite": suite.name, "description": suite.description,
                                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                "versions": versions(), "tasks": {}}
@@ -122,7 +122,7 @@ def run_task(task: Task, out: Path, *, progress: bool = True,
     found = cascades(compiled)
     if found:
         path, cascade = next(iter(found.items()))
-        entry.update(_cascade_figures(task, compiled, path, cascade, cache, out, progress, reporter))
+        entry.update(cascade_figures(task, compiled, path, cascade, cache, out, progress, reporter))
         entry["cascade"]["accuracy_evaluated"] = summary["metric"]["mean"]
     entry["seconds"]["total"] = time.perf_counter() - start
     atomic_write(out / "task.json", json.dumps(entry, indent=1) + "\n")
@@ -133,7 +133,7 @@ def _calibration(task: Task) -> Calibrate:
     return next((p for p in task.passes if isinstance(p, Calibrate)), Calibrate(match=1.0))
 
 
-def _cascade_figures(task: Task, compiled: Any, path: str, cascade: Cascade, cache: CallCache,
+def cascade_figures(task: Task, compiled: Any, path: str, cascade: Cascade, cache: CallCache,
                      out: Path, progress: bool, reporter: Reporter | None) -> dict[str, Any]:
     """Single models, the compiled cascade and the cost–quality curve, all on test."""
     store = TraceStore(task.metric, cache=cache, progress=progress)
@@ -142,7 +142,8 @@ def _cascade_figures(task: Task, compiled: Any, path: str, cascade: Cascade, cac
     runs = run_every_stage(compiled, path, cascade_inputs(store.run(compiled, task.test), path), ctx)
     calibrate = _calibration(task)
     table, points = cost_quality_points(runs, cascade.judges, max_stages=calibrate.max_stages,
-                                        grid=calibrate.grid, order=calibrate.order)
+                                        grid=calibrate.grid, order=calibrate.order,
+                                        cross_fit=False)
     names = [s.name for s in cascade.solvers]
     models = [compiled.resolve(s.model).name if getattr(s, "model", None) is not None else s.name
               for s in cascade.solvers]
@@ -256,4 +257,4 @@ def results_table(results: dict[str, Any]) -> Table:
 
 
 def print_results(results: dict[str, Any], console: Console | None = None) -> None:
-    (console or Console()).print(results_table(results))
+    (console or terminal.console()).print(results_table(results))

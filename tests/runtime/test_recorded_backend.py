@@ -290,3 +290,21 @@ def test_fingerprint_of_an_existing_handle_follows_the_data_file(tmp_path):
     _write(path, [_row("a", "p", big="new answer")])
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     assert model.fingerprint != before
+
+
+def test_the_packaged_gzip_file_replays_the_full_overruling_data_and_a_corrupt_one_is_refused(tmp_path):
+    from tandemlm.evaluate import packaged_data
+    from tandemlm.runtime.backends.recorded import read_replay_file
+
+    packed = read_replay_file(packaged_data("overruling_all.jsonl.gz")).rows
+    assert len(packed) == 2160 and {"gpt-4", "gptj_6B"} <= set(packed[0]["models"])
+    if REAL.is_file():  # the packaged copy is the shared file, row for row
+        assert packed == _real_rows()
+    row = packed[7]
+    model = Model("recorded", "gpt-4", data=str(packaged_data("overruling_all.jsonl.gz")))
+    (got,) = model.generate([GenRequest(prompt=row["prompt"], key=row["id"])])
+    assert got.text == row["models"]["gpt-4"]["output"]
+    broken = tmp_path / "rows.jsonl.gz"
+    broken.write_bytes(packaged_data("overruling_all.jsonl.gz").read_bytes()[:5000])
+    with pytest.raises(ConfigError, match="not a readable gzip file"):
+        read_replay_file(broken)

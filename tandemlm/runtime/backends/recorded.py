@@ -15,9 +15,11 @@ error: this backend never makes up an answer.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,12 @@ def read_replay_file(path: str | Path) -> _Table:
         if cache_key in _TABLES:
             return _TABLES[cache_key]
     raw = path.read_bytes()
+    if path.suffix == ".gz":  # a gzip-compressed replay file (the packaged OVERRULING data)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ConfigError(f"recorded data file '{path}' is not a readable gzip file ({exc}); "
+                              f"replace it with a valid copy") from None
     rows = []
     # split on newlines only: JSON strings may hold U+2028 and other characters splitlines() cuts at
     for number, line in enumerate(raw.decode("utf-8").split("\n"), start=1):
