@@ -95,3 +95,17 @@ def test_a_second_run_resumes_the_compile_and_reports_the_same(demo):
     again = CliRunner().invoke(app, ["demo", "--out", str(out)], terminal_width=160)
     assert again.exit_code == 0 and "(resumed)" in again.output
     assert json.loads((out / "report.json").read_text())["cascade"] == report["cascade"]
+
+
+def test_tandem_report_renders_the_demo_directory(demo):
+    out, _ = demo
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema"] == "tandemlm.suite-results/1" and list(results["tasks"]) == ["overruling"]
+    entry = results["tasks"]["overruling"]
+    report = json.loads((out / "report.json").read_text())
+    assert entry["cascade"]["accuracy"] == pytest.approx(report["cascade"]["accuracy"])
+    assert entry["best_single"]["model"] == "gpt-4" and entry["n_test"] == N_TEST
+    rendered = CliRunner().invoke(app, ["report", str(out)])
+    assert rendered.exit_code == 0, rendered.output
+    html = (out / "report.html").read_text()
+    assert "overruling" in html and "gpt-4" in html and "<table>" in html

@@ -10,6 +10,7 @@ within one standard error, in 90% of bootstrap resamples of them. Writes into `o
 * `compiled/` — the compiled program (`program.json`, scorer weights, the calibration curve);
 * `eval/results.jsonl` — every test example's answer, trace and cost; `eval/summary.json`;
 * `report.json` — every single model's and the cascade's test accuracy and cost;
+* `results.json` — the same run as a one-task suite result, so `tandem report DIR` renders it;
 * `cost_quality.png` — on the test half: every single model, the cost–quality curve of every
   chain and threshold (what the best choice could have been), and the compiled cascade.
 """
@@ -17,6 +18,7 @@ within one standard error, in 90% of bootstrap resamples of them. Writes into `o
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +28,10 @@ from rich.table import Table
 from tandemlm.evaluate import evaluate, packaged_data
 from tandemlm.optimizers import Calibrate, Pass, TrainScorer, compile
 from tandemlm.optimizers.artifacts import atomic_write
-from tandemlm.optimizers.stage_runs import cascades
 from tandemlm.runtime import CallCache, terminal, use_cache
 from tandemlm.suites.overruling import STAGES, build, metric, splits
-from tandemlm.suites.run import cascade_figures
-from tandemlm.suites.suite import Task
+from tandemlm.suites.run import results_header, task_entry
+from tandemlm.suites.suite import Suite, Task
 
 PASSES = (TrainScorer(train_encoder=True, epochs=3),
           Calibrate(match=1.0, delta=0.1, tolerance_se=1.0))
@@ -52,6 +53,7 @@ def run_demo(out: str | Path, *, data: str | Path | None = None, passes: list[Pa
         data: a replay file in the same format (default: the packaged 2,160-row file).
         passes: the compile's passes (default `PASSES`); the last must be a `Calibrate`.
     """
+    started = time.perf_counter()
     out = Path(out)
     data = str(data or packaged_data(DATA))
     train, val, test = splits(data)
@@ -59,13 +61,19 @@ def run_demo(out: str | Path, *, data: str | Path | None = None, passes: list[Pa
     compiled = compile(build(data), train, metric, valset=val, passes=passes,
                        out_dir=out / "compiled", source="tandemlm.suites.overruling:build",
                        progress=progress)
+    compiled_s = time.perf_counter() - started
     cache = CallCache()  # the test curve below reuses the evaluation's judge calls
     with use_cache(cache):
         result = evaluate(compiled, test, metric, out=out / "eval", progress=progress)
-    task = Task(name="demo", program="tandemlm.suites.overruling:build", train=train, val=val,
-                test=test, metric=metric, passes=passes)
-    path, cascade_node = next(iter(cascades(compiled).items()))
-    on_test = cascade_figures(task, compiled, path, cascade_node, cache, out, progress, None)
+    task = Task(name="overruling", program=f"tandemlm.suites.overruling:build(data={data!r})",
+                train=train, val=val, test=test, metric=metric, passes=passes,
+                description="FrugalGPT's OVERRULING cascade over five recorded APIs")
+    on_test = task_entry(task, compiled, result, cache, out, compile_seconds=compiled_s,
+                         progress=progress)
+    on_test["seconds"]["total"] = time.perf_counter() - started
+    suite = Suite(name="demo", tasks={}, description="tandem demo: " + task.description)
+    atomic_write(out / "results.json", json.dumps({**results_header(suite),
+                                                   "tasks": {task.name: on_test}}, indent=1) + "\n")
     singles = single_models(test)
     best = max(singles, key=lambda name: (singles[name]["accuracy"], -singles[name]["cost_usd"]))
     calibration = compiled.compile_report[-1].details["cascade"]

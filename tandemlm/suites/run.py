@@ -75,9 +75,7 @@ def run_suite(suite: Suite, out: str | Path, *, tasks: list[str] | None = None,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     console = console or terminal.console()
-    results: dict[str, Any] = {"schema": SCHEMA, "suite": suite.name, "description": suite.description,
-                               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                               "versions": versions(), "tasks": {}}
+    results = results_header(suite)
     for name in suite.select(tasks):
         console.rule(f"[bold]{suite.name}: {name}")
         try:
@@ -107,6 +105,18 @@ def run_task(task: Task, out: Path, *, progress: bool = True,
     cache = CallCache()
     with use_cache(cache):
         result = evaluate(compiled, task.test, task.metric, out=out / "eval", progress=progress)
+    entry = task_entry(task, compiled, result, cache, out, compile_seconds=compiled_s,
+                       progress=progress, reporter=reporter)
+    entry["seconds"]["total"] = time.perf_counter() - start
+    atomic_write(out / "task.json", json.dumps(entry, indent=1) + "\n")
+    return entry
+
+
+def task_entry(task: Task, compiled: Any, result: Any, cache: CallCache, out: Path, *,
+               compile_seconds: float, progress: bool = True,
+               reporter: Reporter | None = None) -> dict[str, Any]:
+    """A task's results entry from its compiled program and its test evaluation (`result`, run
+    under `cache`): metric, cost, and for a cascade every single model and the test curve."""
     summary = result.summary
     entry: dict[str, Any] = {
         "description": task.description, "config_hash": task.config_hash(),
@@ -118,15 +128,20 @@ def run_task(task: Task, out: Path, *, progress: bool = True,
                  "per_example_usd": (summary["total_cost_usd"] or 0.0) / max(1, summary["n"]),
                  "per_model": summary["usage"]},
         "errors": summary["errors"],
-        "seconds": {"compile": compiled_s}}
+        "seconds": {"compile": compile_seconds}}
     found = cascades(compiled)
     if found:
         path, cascade = next(iter(found.items()))
         entry.update(cascade_figures(task, compiled, path, cascade, cache, out, progress, reporter))
         entry["cascade"]["accuracy_evaluated"] = summary["metric"]["mean"]
-    entry["seconds"]["total"] = time.perf_counter() - start
-    atomic_write(out / "task.json", json.dumps(entry, indent=1) + "\n")
     return entry
+
+
+def results_header(suite: Suite) -> dict[str, Any]:
+    """The top of a results file: schema, suite, when and with which versions."""
+    return {"schema": SCHEMA, "suite": suite.name, "description": suite.description,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions(),
+            "tasks": {}}
 
 
 def _calibration(task: Task) -> Calibrate:
