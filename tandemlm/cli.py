@@ -19,6 +19,22 @@ app = typer.Typer(help="tandemlm: compile and evaluate LM pipelines in which sma
 console = terminal.console()
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"tandemlm {version('tandemlm')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="print tandemlm's version and exit"),
+) -> None:
+    """tandemlm: compile and evaluate LM pipelines in which small models help large ones."""
+
+
 def _fail(exc: Exception) -> None:
     console.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(code=2)

@@ -182,3 +182,13 @@ def test_eval_interrupted_keeps_records_and_the_rerun_resumes(tmp_path, toy):
     result, said = run(*args, "--fresh")
     assert result.exit_code == 0 and "resuming" not in said
     assert json.loads((out / "summary.json").read_text())["resumed"] == 0
+
+
+def test_version_prints_the_installed_version_and_exits():
+    from importlib.metadata import version
+
+    import tandemlm
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"tandemlm {version('tandemlm')}" == f"tandemlm {tandemlm.__version__}"

@@ -19,14 +19,15 @@ a clear error otherwise) and support `next_token_logits` (the hf backend).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from tandemlm.compose import Node, NodeTrace, RunContext
 from tandemlm.compose.node import Fields
 from tandemlm.compose.trace import account
 from tandemlm.runtime import ConfigError, GenRequest, GenResult, Model
+
+if TYPE_CHECKING:  # torch loads where a mix runs, not when tandemlm is imported
+    import torch
 
 
 @dataclass
@@ -107,6 +108,8 @@ class LogitMix(Node):
 
     def combine(self, scores: list[torch.Tensor]) -> torch.Tensor:
         """Σ weightᵢ · sᵢ / temperatureᵢ over the terms' next-token scores."""
+        import torch
+
         total = torch.zeros_like(scores[0])
         for term, raw in zip(self.terms, scores, strict=True):
             s = raw.log_softmax(-1) if self.space == "logprobs" else raw
@@ -114,6 +117,8 @@ class LogitMix(Node):
         return total
 
     def run_batch(self, inputs: list[dict[str, Any]], ctx: RunContext) -> list[NodeTrace]:
+        import torch
+
         self._check_vocabulary()
         texts = [str(x[self.prompt_field]) for x in inputs]
         sessions = [t.model.backend.next_token_logits(

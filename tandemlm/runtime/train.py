@@ -18,13 +18,14 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from tandemlm.runtime.errors import ConfigError
 
-LossFn = Callable[[Any, Any], torch.Tensor]
+if TYPE_CHECKING:  # torch loads when something trains, not when tandemlm is imported
+    import torch
+
+LossFn = Callable[[Any, Any], "torch.Tensor"]
 
 
 @dataclass
@@ -72,6 +73,8 @@ def fit(model: torch.nn.Module, batches: Sequence[Any], *, loss_fn: LossFn, epoc
         clip: clip the gradient norm to this value before each step.
         weight_decay: AdamW weight decay.
     """
+    import torch
+
     _check_options(batches, epochs, lr, accumulate, clip)
     params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
     if not params:
@@ -108,6 +111,8 @@ def fit(model: torch.nn.Module, batches: Sequence[Any], *, loss_fn: LossFn, epoc
 def _accumulate(model: torch.nn.Module, group: list[Any], loss_fn: LossFn,
                 device: torch.device) -> float:
     """Backpropagate the mean loss of `group`'s batches; returns that mean."""
+    import torch
+
     total = 0.0
     for batch in group:
         loss = loss_fn(model, to_device(batch, device))
@@ -121,6 +126,8 @@ def _accumulate(model: torch.nn.Module, group: list[Any], loss_fn: LossFn,
 
 def to_device(batch: Any, device: torch.device) -> Any:
     """`batch` with every tensor in it (through dicts, lists, tuples) on `device`."""
+    import torch
+
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
     if isinstance(batch, Mapping):  # dicts and transformers BatchEncodings
