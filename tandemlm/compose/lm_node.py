@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import dspy
-from dspy.adapters import Adapter, ChatAdapter
+from dspy.adapters import Adapter, ChatAdapter, JSONAdapter
 from dspy.adapters.types.base_type import CUSTOM_TYPE_START_IDENTIFIER
 
 from tandemlm.compose.context import RunContext
@@ -110,10 +110,11 @@ class LMNode(dspy.Predict, Node):
         return request
 
     def requests(self, batch: list[dict[str, Any]], strict: bool = False,
-                 constraint: Constraint | None = None) -> list[GenRequest | Exception]:
+                 constraint: Constraint | None = None,
+                 adapter: Adapter | None = None) -> list[GenRequest | Exception]:
         """The requests for many examples; an example whose prompt cannot be formatted gets its
         exception (raised instead when `strict`). `constraint` goes on every request (see
-        `constraint_for`).
+        `constraint_for`); `adapter` formats them instead of the node's own (a parse retry).
 
         The system message and demos are the same for every example, so with DSPy's ChatAdapter
         they are formatted once per batch and only each example's user message is formatted
@@ -132,7 +133,7 @@ class LMNode(dspy.Predict, Node):
                     out.append(GenRequest(prompt=str(values[self.prompt_field]), key=key, **options))
                     continue
                 inputs = {k: values[k] for k in self.signature.input_fields}
-                messages, prefix = self._messages(inputs, prefix)
+                messages, prefix = self._messages(inputs, prefix, adapter or self.adapter)
                 out.append(GenRequest(messages=tuple(messages), key=key, **options))
             except Exception as exc:
                 if strict:
@@ -140,10 +141,10 @@ class LMNode(dspy.Predict, Node):
                 out.append(exc)
         return out
 
-    def _messages(self, inputs: dict[str, Any], prefix: list[dict[str, Any]] | None
-                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    def _messages(self, inputs: dict[str, Any], prefix: list[dict[str, Any]] | None,
+                  adapter: Adapter) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
         """Chat messages for one example, and the reusable prefix (None: no fast path)."""
-        adapter, signature = self.adapter, self.signature
+        signature = self.signature
         fast = type(adapter) is ChatAdapter and adapter._get_history_field_name(signature) is None
         user = adapter.format_user_message_content(signature, inputs, main_request=True) if fast else None
         if prefix is not None and user and CUSTOM_TYPE_START_IDENTIFIER not in user:
@@ -178,17 +179,28 @@ class LMNode(dspy.Predict, Node):
         narrow a type the grammar should hold tighter than parsing does (e.g. a list's length)."""
         return self.signature
 
-    def parse(self, text: str) -> dict[str, Any]:
-        """Parse one completion into this node's output fields; raises `ParseError`."""
+    def parse(self, text: str, adapter: Adapter | None = None) -> dict[str, Any]:
+        """Parse one completion into this node's output fields (with `adapter`, default the
+        node's); raises `ParseError`, whose message says what was expected and how the output
+        began (the node's name is the caller's to add)."""
         if self.prompt_field is not None:
             return {next(iter(self.signature.output_fields)): text.strip()}
+        adapter = adapter or self.adapter
         try:
-            parsed = self.adapter.parse(self.signature, text)
+            parsed = adapter.parse(self.signature, text)
         except Exception as exc:
-            raise ParseError(f"node '{self.name}' could not parse the model output into fields "
-                             f"{list(self.signature.output_fields)}: {str(exc).splitlines()[0]}",
+            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            began = " ".join(text.split())[:80]
+            raise ParseError(f"could not parse the model output into fields "
+                             f"{list(self.signature.output_fields)} with {type(adapter).__name__} "
+                             f"({reason}); the output began {began!r}",
                              raw=text, expected=tuple(self.signature.output_fields)) from None
         return {k: parsed[k] for k in self.signature.output_fields}
+
+    def fallback_adapter(self) -> Adapter:
+        """The format a failed parse is retried in: JSON for chat-format nodes (as DSPy's
+        ChatAdapter falls back to JSONAdapter), DSPy's chat format for JSON nodes."""
+        return ChatAdapter() if isinstance(self.adapter, JSONAdapter) else JSONAdapter()
 
     # -- compiler state --------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -215,21 +227,43 @@ class LMNode(dspy.Predict, Node):
                 traces[i].error = f"could not format the prompt: {type(request).__name__}: {request}"
             else:
                 pending.append((i, request))
-        # One batch per attempt; an output that fails to parse is retried once, then recorded.
-        # (Under a grammar an output only fails to parse when max_tokens cut it: no retry.)
-        for attempt in range(1 if constraint is not None else 2):
-            if not pending:
-                break
+        # One batch; an output that fails to parse is asked for once more in another format
+        # (`fallback_adapter`: the same request again would give a greedy model the same
+        # output), then recorded. Under a grammar an output only fails to parse when max_tokens
+        # cut it: no retry.
+        if pending:
             results = ctx.generate(model, [req for _, req in pending])
             retry = []
-            for (i, req), result in zip(pending, results, strict=True):
+            for (i, _), result in zip(pending, results, strict=True):
                 account(traces[i], model, result)
                 error = self._absorb(traces[i], result, constraint)
-                if error is not None and attempt == 0 and result.ok:
-                    retry.append((i, req))
-            pending = retry
+                if error is not None and result.ok and constraint is None:
+                    retry.append(i)
+            if retry:
+                self._retry(traces, inputs, retry, model, ctx)
         self._record_dspy_trace(traces)
         return traces
+
+    def _retry(self, traces: list[NodeTrace], inputs: list[dict[str, Any]], rows: list[int],
+               model: Model, ctx: RunContext) -> None:
+        """Ask again, in the fallback format, for the rows whose output did not parse."""
+        adapter = self.fallback_adapter()
+        requests = self.requests([inputs[i] for i in rows], adapter=adapter)
+        asked = [(i, r) for i, r in zip(rows, requests, strict=True) if not isinstance(r, Exception)]
+        if not asked:
+            return
+        results = ctx.generate(model, [r for _, r in asked])
+        for (i, _), result in zip(asked, results, strict=True):
+            account(traces[i], model, result)
+            first = traces[i].error
+            if self._absorb(traces[i], result, None, adapter) is None:
+                traces[i].info["parsed_with"] = type(adapter).__name__
+            else:
+                traces[i].error = (f"{first}; asked again in {type(adapter).__name__}'s format: "
+                                   f"{traces[i].error}. Try constrained decoding (a local model "
+                                   f"decodes under the format's grammar: Model('hf', ...)), demos "
+                                   f"(BootstrapDemos), a simpler adapter (CompactChatAdapter) or "
+                                   f"a stronger model")
 
     def sampler(self, n: int, temperature: float, seed: int | None) -> LMNode:
         """A copy of this node that draws `n` seeded samples per example (its trace's `raw` holds
@@ -238,8 +272,8 @@ class LMNode(dspy.Predict, Node):
         copy.config.update(n=n, temperature=temperature, seed=seed)
         return copy
 
-    def _absorb(self, trace: NodeTrace, result: GenResult,
-                constraint: Constraint | None = None) -> str | None:
+    def _absorb(self, trace: NodeTrace, result: GenResult, constraint: Constraint | None = None,
+                adapter: Adapter | None = None) -> str | None:
         """Set the trace's outputs (or error) from one result; returns the error, if any."""
         if not result.ok:
             trace.error = f"backend error: {result.error}"
@@ -248,12 +282,12 @@ class LMNode(dspy.Predict, Node):
                 constraint, result.text):
             # Cut inside a JSON value the grammar could not close in time (a string in a list):
             # parsing would "repair" the fragment into a value the model never wrote.
-            trace.error = (f"node '{self.name}': the output stopped at max_tokens="
+            trace.error = (f"the output stopped at max_tokens="
                            f"{self.config['max_tokens']} before its format was complete: raise "
                            f"max_tokens")
             return trace.error
         try:
-            outputs = self.parse(result.text)
+            outputs = self.parse(result.text, adapter)
         except TandemError as exc:
             trace.error = str(exc)
             if result.finish_reason == "length":
@@ -293,5 +327,5 @@ class LMNode(dspy.Predict, Node):
                               f"inside a Pipeline that binds that name, or pass a Model")
         (trace,) = self.run_batch([kwargs], RunContext(resolve=lambda ref: ref))
         if trace.error is not None:
-            raise TandemError(trace.error)
+            raise TandemError(f"node '{self.name}': {trace.error}")
         return dspy.Prediction(**trace.outputs)

@@ -91,10 +91,10 @@ class Decompose(LMNode):
         bounded = Annotated[list[item], Field(min_length=1, max_length=self.max_subquestions)]
         return self.signature.with_updated_fields("subquestions", type_=bounded)
 
-    def parse(self, text: str) -> dict[str, Any]:
+    def parse(self, text: str, adapter: Any = None) -> dict[str, Any]:
         """The sub-questions in `text`, cleaned and truncated to `max_subquestions`."""
         try:
-            items = super().parse(text)["subquestions"]
+            items = super().parse(text, adapter)["subquestions"]
         except ParseError:
             section = _section(text, "subquestions")
             if not section:

@@ -4,6 +4,7 @@ isolation, traces, and DSPy interop."""
 from __future__ import annotations
 
 import copy
+import json
 import threading
 import time
 import uuid
@@ -121,7 +122,11 @@ def test_nodes_of_one_stage_on_different_models_run_concurrently():
 
 # -- failures stay with their example ----------------------------------------------------------
 
-def test_parse_failure_is_retried_once_then_recorded():
+def _wants_json(request) -> bool:
+    return "JSON object" in request.messages[-1]["content"]
+
+
+def test_parse_failure_is_asked_again_in_another_format_then_recorded():
     def large_reply(request):
         q = field(request, "question")
         return "I refuse to use your format" if q == "q3" else chat(reasoning="r", answer=q)
@@ -132,9 +137,13 @@ def test_parse_failure_is_retried_once_then_recorded():
     assert asked.count("q3") == 2
     assert all(asked.count(q) == 1 for q in QUESTIONS if q != "q3")
     assert large.backend.batches == [10, 1]  # the retry is one batch of the failures
+    first, again = [r for r in large.backend.history if field(r, "question") == "q3"]
+    assert not _wants_json(first) and _wants_json(again)  # not the same greedy request twice
     bad = results[3]
     assert not bad.ok
-    assert "node 'solve'" in bad.error and "could not parse" in bad.error
+    assert bad.error.count("node 'solve'") == 1 and "could not parse" in bad.error
+    assert "I refuse to use your format" in bad.error  # how the output began
+    assert "asked again in JSONAdapter's format" in bad.error and "constrained decoding" in bad.error
     assert bad.trace[-1].node == "solve" and bad.trace[-1].calls == 2
     assert bad.trace[-1].raw == ["I refuse to use your format"] * 2
     assert "final" not in bad.outputs  # later stages skip a failed example
@@ -150,6 +159,8 @@ def test_parse_failure_then_success_on_retry_counts_both_calls():
         attempts[q] = attempts.get(q, 0) + 1
         if q == "q1" and attempts[q] == 1:
             return "garbled"
+        if _wants_json(request):
+            return json.dumps({"reasoning": "r", "answer": q})
         return chat(reasoning="r", answer=q)
 
     pipe, _, large = three_node(large_reply=flaky)
@@ -157,10 +168,11 @@ def test_parse_failure_then_success_on_retry_counts_both_calls():
     assert all(r.ok for r in results)
     solve = results[1].trace[1]
     assert solve.calls == 2 and solve.raw[0] == "garbled"
+    assert solve.info["parsed_with"] == "JSONAdapter" and results[1].outputs["final"] == "Q1"
     first_in = [r for r in large.backend.history if field(r, "question") == "q1"]
     assert len(first_in) == 2
     # Tokens of both attempts are accounted.
-    assert solve.tokens_in == 2 * results[0].trace[1].tokens_in
+    assert solve.tokens_in > results[0].trace[1].tokens_in
     assert results[0].trace[1].calls == 1
 
 

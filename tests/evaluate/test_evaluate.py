@@ -222,6 +222,8 @@ def test_summary_usage_counts_retries_as_calls():
         attempts.append(_question(request))
         if _question(request) == "1+1" and attempts.count("1+1") == 1:
             return "unparseable"
+        if "JSON object" in request.messages[-1]["content"]:  # the retry asks for JSON
+            return json.dumps({"answer": str(sum(map(int, _question(request).split("+"))))})
         return _sum(request)
 
     model = Model("scripted", f"retry-{uuid.uuid4().hex}", name="retry", reply=reply)
