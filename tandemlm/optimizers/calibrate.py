@@ -75,10 +75,12 @@ class _Table:
         #: per-example quality a point is compared with (the best single stage's), if set
         self.reference: np.ndarray | None = None
         self._chained: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
-        digest = examples_digest(runs)
         #: per stage, the judge's out-of-fold copies (example i scored by copy i mod k), if kept
-        self.folds = [j.fold_judges(digest) if cross_fit and hasattr(j, "fold_judges") else None
-                      for j in self.judges]
+        self.folds: list[Any] = [None] * len(self.judges)
+        if cross_fit:
+            digest = examples_digest(runs)
+            self.folds = [j.fold_judges(digest) if hasattr(j, "fold_judges") else None
+                          for j in self.judges]
 
     def score(self, s: int, before: tuple[int, ...]) -> np.ndarray:
         """Stage `s`'s judge scores after the stages `before`: its recorded scores, or for a judge
@@ -96,8 +98,9 @@ class _Table:
                        for i in range(len(run.answers))]
             mine = [said(run, i) for i in range(len(run.answers))]
             got = np.full(len(mine), np.nan)
-            for f, scorer in enumerate(folds or [judge]):
-                rows = list(range(f, len(mine), len(folds or [judge])))
+            scorers = folds or [judge]
+            for f, scorer in enumerate(scorers):
+                rows = list(range(f, len(mine), len(scorers)))
                 out = scorer.rescore([features[i] for i in rows], [mine[i] for i in rows],
                                      [earlier[i] for i in rows])
                 got[rows] = [np.nan if x is None else x for x in out]
@@ -295,7 +298,8 @@ class Calibrate(Pass):
             raise ConfigError(f"Calibrate(delta={self.delta}): use a risk in (0, 0.5), e.g. 0.1")
         if self.delta is not None and self.match is None:
             raise ConfigError("Calibrate: delta applies to a match target only")
-        if self.tolerance < 0 or self.tolerance_se < 0 or self.resamples < 10 or not 0.5 <= self.tie <= 1:
+        if (self.tolerance < 0 or self.tolerance_se < 0 or self.resamples < 10
+                or not 0.5 <= self.tie <= 1):
             raise ConfigError("Calibrate: tolerance and tolerance_se must be >= 0, resamples >= "
                               "10 and tie in [0.5, 1]")
 

@@ -145,15 +145,17 @@ class FitJudges(Pass):
             ctx.details[name] = {"features": [], "rows": len(rows.label), "held_out_auc": {}}
             return []
         fold = np.array(rows.example) % self.folds
-        results = {}
+        results, fold_fits = {}, {}
         for k in range(1, len(usable) + 1):
             for subset in itertools.combinations(usable, k):
                 x = np.array([judge.vector(v, subset) for v in rows.values])
+                fold_fits[subset] = [_fit(x[fold != f], y[fold != f], self.l2)
+                                     for f in range(self.folds)]
                 z = np.zeros(len(y))
-                for f in range(self.folds):
+                for f, fitted in enumerate(fold_fits[subset]):
                     held = fold == f
                     if held.any():
-                        z[held] = _margin(x[held], *_fit(x[~held], y[~held], self.l2))
+                        z[held] = _margin(x[held], *fitted)
                 results[subset] = auc(list(np.round(z, 9)), list(y))  # float noise: ties
         scored = {k: v for k, v in results.items() if v is not None}
         top = max(scored.values(), default=None)
@@ -162,8 +164,9 @@ class FitJudges(Pass):
         x = np.array([judge.vector(v, best) for v in rows.values])
         columns = judge.columns(best)
         state = _state(columns, *_fit(x, y, self.l2))
-        folds = [_state(columns, *_fit(x[fold != f], y[fold != f], self.l2))
-                 for f in range(self.folds)]
+        fitted = fold_fits.get(best) or [_fit(x[fold != f], y[fold != f], self.l2)
+                                         for f in range(self.folds)]  # no subset scored
+        folds = [_state(columns, *f) for f in fitted]
         judge.set_state({"features": list(best), **state,
                          "cross_fit": {"examples": examples_digest(runs), "folds": folds}})
         ctx.details[name] = {"features": list(best), "rows": len(rows.label),

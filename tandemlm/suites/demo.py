@@ -31,7 +31,7 @@ from tandemlm.optimizers.artifacts import atomic_write
 from tandemlm.runtime import CallCache, terminal, use_cache
 from tandemlm.suites.overruling import STAGES, build, metric, splits
 from tandemlm.suites.run import results_header, task_entry
-from tandemlm.suites.suite import Suite, Task
+from tandemlm.suites.suite import Task
 
 PASSES = (TrainScorer(train_encoder=True, epochs=3),
           Calibrate(match=1.0, delta=0.1, tolerance_se=1.0))
@@ -71,9 +71,9 @@ def run_demo(out: str | Path, *, data: str | Path | None = None, passes: list[Pa
     on_test = task_entry(task, compiled, result, cache, out, compile_seconds=compiled_s,
                          progress=progress)
     on_test["seconds"]["total"] = time.perf_counter() - started
-    suite = Suite(name="demo", tasks={}, description="tandem demo: " + task.description)
-    atomic_write(out / "results.json", json.dumps({**results_header(suite),
-                                                   "tasks": {task.name: on_test}}, indent=1) + "\n")
+    header = results_header("demo", "tandem demo: " + task.description)
+    atomic_write(out / "results.json", json.dumps({**header, "tasks": {task.name: on_test}},
+                                                  indent=1) + "\n")
     singles = single_models(test)
     best = max(singles, key=lambda name: (singles[name]["accuracy"], -singles[name]["cost_usd"]))
     calibration = compiled.compile_report[-1].details["cascade"]

@@ -75,7 +75,7 @@ def run_suite(suite: Suite, out: str | Path, *, tasks: list[str] | None = None,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     console = console or terminal.console()
-    results = results_header(suite)
+    results = results_header(suite.name, suite.description)
     for name in suite.select(tasks):
         console.rule(f"[bold]{suite.name}: {name}")
         try:
@@ -137,9 +137,9 @@ def task_entry(task: Task, compiled: Any, result: Any, cache: CallCache, out: Pa
     return entry
 
 
-def results_header(suite: Suite) -> dict[str, Any]:
+def results_header(name: str, description: str) -> dict[str, Any]:
     """The top of a results file: schema, suite, when and with which versions."""
-    return {"schema": SCHEMA, "suite": suite.name, "description": suite.description,
+    return {"schema": SCHEMA, "suite": name, "description": description,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "versions": versions(),
             "tasks": {}}
 
