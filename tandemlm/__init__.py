@@ -1,6 +1,6 @@
 """tandemlm: a compiler for LM pipelines in which small models help large ones."""
 
-from tandemlm.compose import ExampleResult, LMNode, Node, NodeTrace, Pipeline, Step
+from tandemlm.compose import DSPyModule, ExampleResult, LMNode, Node, NodeTrace, Pipeline, Step
 from tandemlm.evaluate import EvalResult, evaluate, load_data
 from tandemlm.modules import Solve
 from tandemlm.optimizers import compile, load
@@ -10,7 +10,7 @@ from tandemlm.runtime import (Backend, ConfigError, GenRequest, GenResult, Graph
 __version__ = "0.1.0"
 
 __all__ = [
-    "Backend", "ConfigError", "EvalResult", "ExampleResult", "GenRequest", "GenResult",
+    "Backend", "ConfigError", "DSPyModule", "EvalResult", "ExampleResult", "GenRequest", "GenResult",
     "GraphError", "LMNode", "Model", "Node", "NodeTrace", "ParseError", "Pipeline",
     "ScoreRequest", "ScoreResult", "Solve", "Step", "TandemError", "compile", "evaluate", "load",
     "load_data",

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand, TyperGroup
+
 from tandemlm.runtime import terminal
 
 from tandemlm.evaluate import EvaluationInterrupted, evaluate, load_metric, load_program
@@ -14,8 +16,34 @@ from tandemlm.optimizers.report import report_table
 from tandemlm.optimizers.specs import load_any_program, parse_passes, program_source
 from tandemlm.runtime import TandemError
 
-app = typer.Typer(help="tandemlm: compile and evaluate LM pipelines in which small models help "
-                       "large ones.", no_args_is_help=True, add_completion=False)
+
+
+def _as_flags(params: list) -> list:
+    """Show flags as flags: typer's help gives every option a type column, and a flag such as
+    `--list` or `--help` would read `--list <bool>`, as if it took a value."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        return _as_flags(super().get_params(ctx))
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        return _as_flags(super().get_params(ctx))
+
+
+class _Typer(typer.Typer):
+    def command(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        return super().command(*args, cls=kwargs.pop("cls", _Command), **kwargs)
+
+
+app = _Typer(help="tandemlm: compile and evaluate LM pipelines in which small models help "
+                  "large ones.", no_args_is_help=True, add_completion=False, cls=_Group)
 console = terminal.console()
 
 
@@ -244,10 +272,22 @@ def compile_command(
 
 
 @app.command("graph")
-def graph_command(program: str = typer.Argument(..., help="PROGRAM.py:NAME")) -> None:
-    """Print a program's graph as a Mermaid flowchart."""
+def graph_command(
+    program: str = typer.Argument(..., help="PROGRAM.py:NAME or module:NAME of a Pipeline, or a "
+                                            "compiled artifact loaded onto its code: "
+                                            "DIR@PROGRAM.py:NAME"),
+    out: Path | None = typer.Option(None, "--out", help="write it to a file instead: .html (a page "
+                                                        "that renders it), .png, .mmd or .md"),
+    trust_source: bool = typer.Option(False, "--trust-source", help=_TRUST_HELP),
+) -> None:
+    """Print a program's graph as a Mermaid flowchart (composites drawn with their insides)."""
+    from tandemlm.compose.graph_files import write_graph
+
     try:
-        pipeline = load_program(program)
+        pipeline = load_any_program(program, trust_source=trust_source, confirm=_ask_to_run)
+        if out is not None:
+            console.print(f"graph written to {write_graph(pipeline, out)}")
+            return
     except TandemError as exc:
         _fail(exc)
     print(pipeline.to_mermaid())

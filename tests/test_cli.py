@@ -192,3 +192,25 @@ def test_version_prints_the_installed_version_and_exits():
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"tandemlm {version('tandemlm')}" == f"tandemlm {tandemlm.__version__}"
+
+
+def test_graph_writes_html_png_and_markdown(tmp_path):
+    for name in ("g.html", "g.png", "g.md", "g.mmd"):
+        result = CliRunner().invoke(app, ["graph", f"{PROGRAM}:program", "--out",
+                                          str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    page = (tmp_path / "g.html").read_text()
+    assert '<pre class="mermaid">flowchart LR' in page and "mermaid.initialize" in page
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "g.md").read_text().count("```") == 2
+    bad = CliRunner().invoke(app, ["graph", f"{PROGRAM}:program", "--out", str(tmp_path / "g.svg")])
+    assert bad.exit_code == 2 and ".html, .png" in bad.output
+
+
+def test_help_shows_flags_as_flags():
+    """typer's help gives options a type column; a flag must not read as taking a value."""
+    for command in (["suite", "--help"], ["compile", "--help"], ["--help"]):
+        result = CliRunner().invoke(app, command, terminal_width=200)
+        assert result.exit_code == 0, result.output
+        assert "<bool>" not in result.output and "--help" in result.output
+    assert "<path>" in CliRunner().invoke(app, ["suite", "--help"], terminal_width=200).output

@@ -100,3 +100,12 @@ def test_serve_refuses_a_bare_artifact(compiled, monkeypatch):
     result = CliRunner().invoke(app, ["serve", "--program", f"shout={out}"], terminal_width=300)
     assert result.exit_code == 2 and "never runs code it names" in said(result)
     assert not (tmp_path / "ran").exists()
+
+
+def test_graph_takes_an_artifact_like_eval(compiled):
+    tmp_path, program, out = compiled
+    result = CliRunner().invoke(app, ["graph", f"{out}@{program}"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("flowchart LR") and 'solve["solve<br/>small"]' in result.output
+    refused = CliRunner().invoke(app, ["graph", str(out)])  # bare: names its source, runs nothing
+    assert refused.exit_code == 2 and not (tmp_path / "ran").exists()

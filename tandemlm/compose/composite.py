@@ -32,6 +32,11 @@ class Composite(dspy.Module, Node):
     def children(self) -> list[Node]:
         raise NotImplementedError
 
+    def diagram(self) -> list[tuple[Node, Node, str]]:
+        """(child, child, label) edges that show how this composite uses its children, for
+        `Pipeline.to_mermaid`; none by default."""
+        return []
+
     def routes(self) -> list[tuple[Model | str, set[str]]]:
         """Conservatively, every input of the composite may reach every child's model;
         composites that route fields more precisely (PrivateSplit) override this."""

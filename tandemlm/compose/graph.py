@@ -7,6 +7,7 @@ the field, and says how to fix it.
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -109,16 +110,44 @@ def stages(graph: nx.DiGraph) -> list[list[str]]:
     return [sorted(stage) for stage in nx.topological_generations(graph)]
 
 
+def _ident(text: str) -> str:
+    return re.sub(r"\W", "_", text)
+
+
+def _label(node: Node) -> str:
+    model = node.model.name if isinstance(node.model, Model) else node.model
+    model = model or getattr(node, "unbound_model", None)  # e.g. a DSPy module's dspy.settings.lm
+    return f"{node.name}<br/>{model}" if model else f"{node.name}<br/>(python)"
+
+
+def _box(node: Node, ident: str, indent: str) -> list[str]:
+    """Mermaid lines for one node: a box, or for a composite a subgraph holding its children
+    (recursively) and the edges its `diagram()` gives between them."""
+    children = node.children() if callable(getattr(node, "children", None)) else []
+    if not children:
+        return [f'{indent}{ident}["{_label(node)}"]']
+    lines = [f'{indent}subgraph {ident}["{node.name} ({type(node).__name__})"]']
+    ids: dict[int, str] = {}
+    for child in children:
+        ids[id(child)] = f"{ident}__{_ident(child.name)}"
+        lines += _box(child, ids[id(child)], indent + "  ")
+    diagram = node.diagram() if callable(getattr(node, "diagram", None)) else []
+    for src, dst, label in diagram:
+        if id(src) in ids and id(dst) in ids:
+            lines.append(f"{indent}  {ids[id(src)]} -.->|{label}| {ids[id(dst)]}")
+    lines.append(f"{indent}end")
+    return lines
+
+
 def to_mermaid(graph: nx.DiGraph, inputs: Iterable[str]) -> str:
-    """A Mermaid flowchart of the pipeline: inputs, nodes (with models) and field edges."""
+    """A Mermaid flowchart of the pipeline: inputs, nodes (with models) and field edges; a
+    composite (Cascade, Map, ...) is a subgraph showing its children and how it uses them."""
     lines = ["flowchart LR"]
     for field in sorted(inputs):
         lines.append(f'  in_{field}(["{field}"])')
     for name in nx.topological_sort(graph):
         node = graph.nodes[name]["node"]
-        model = node.model.name if isinstance(node.model, Model) else node.model
-        label = f"{name}<br/>{model}" if model else f"{name}<br/>(python)"
-        lines.append(f'  {name}["{label}"]')
+        lines += _box(node, name, "  ")
         for field in node.input_fields:
             if field in inputs:
                 lines.append(f"  in_{field} -->|{field}| {name}")

@@ -24,6 +24,7 @@ from tandemlm.compose.grammar import output_constraint
 from tandemlm.compose.node import Fields, Node
 from tandemlm.compose.trace import NodeTrace, account
 from tandemlm.runtime import ConfigError, Constraint, GenRequest, GenResult, Model, ParseError, TandemError
+from tandemlm.runtime.backends.dspy_bridge import as_model
 
 
 def _demo_dict(demo: Any) -> dict[str, Any]:
@@ -35,7 +36,8 @@ class LMNode(dspy.Predict, Node):
 
     Args:
         signature: DSPy signature, "question -> answer" or a `dspy.Signature` class.
-        model: a `Model`, or the name of a model bound by the pipeline (`Pipeline(models=...)`).
+        model: a `Model`, the name of a model bound by the pipeline (`Pipeline(models=...)`), or
+            a `dspy.LM` (e.g. `dspy.settings.lm`).
         name: node name (unique in its pipeline); defaults to the signature's outputs joined.
         instructions: replaces the signature's instructions.
         demos: demonstrations, dicts with the signature's fields.
@@ -63,7 +65,7 @@ class LMNode(dspy.Predict, Node):
             raise ConfigError(f"invalid signature {signature!r}: {exc}") from None
         if instructions is not None:
             self.signature = self.signature.with_instructions(instructions)
-        self.model = model
+        self.model = model if isinstance(model, Model | str) else as_model(model)
         self.name = name or "_".join(self.signature.output_fields)
         self.demos = list(demos or [])
         self.adapter = adapter or ChatAdapter()

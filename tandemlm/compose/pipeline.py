@@ -6,6 +6,11 @@
     ], models={"small": small, "large": large})
     pipe(question="...")            # one example  -> dspy.Prediction
     pipe.batch([{"question": ...}])  # many examples -> list[ExampleResult], stage-batched
+
+A DSPy module goes in as it is (`DSPyModule` wraps it: its LM calls batch across examples), and a
+`dspy.LM` (`dspy.settings.lm`) serves as a model wherever a `Model` does:
+
+    Pipeline([dspy.ChainOfThought("question -> answer")], models={"lm": dspy.settings.lm})
 """
 
 from __future__ import annotations
@@ -17,20 +22,25 @@ from typing import Any
 import dspy
 
 from tandemlm.compose.context import RunContext
+from tandemlm.compose.dspy_module import DSPyModule, as_node
 from tandemlm.compose.executor import run_stages
 from tandemlm.compose.graph import build_graph, stages, to_mermaid
 from tandemlm.compose.node import Node
 from tandemlm.compose.privacy import check_private_flow
 from tandemlm.compose.trace import ExampleResult
 from tandemlm.runtime import ConfigError, GraphError, Model, TandemError
+from tandemlm.runtime.backends.dspy_bridge import as_model
 
 
 class Pipeline(dspy.Module):
     """A program: nodes, the models they are bound to, and the graph between them.
 
     Args:
-        nodes: the nodes, in any order.
-        models: names -> `Model`, for nodes bound to a model by name.
+        nodes: the nodes, in any order: tandem nodes, and DSPy modules as they are (a single
+            `dspy.Module` is a one-node pipeline).
+        models: names -> `Model` (or `dspy.LM`), for nodes bound to a model by name; a DSPy
+            module with no model of its own uses the only one bound here (else
+            `dspy.settings.lm`).
         inputs: the input fields; when given, a node reading an unknown field is a build error.
         edges: extra (producer, consumer) ordering edges, on top of those inferred from fields.
         private: input fields whose values must never reach a remote model: a graph where one
@@ -38,14 +48,22 @@ class Pipeline(dspy.Module):
         name: a name for reports.
     """
 
-    def __init__(self, nodes: list[Node], *, models: Mapping[str, Model] | None = None,
+    def __init__(self, nodes: list[Node] | Any, *, models: Mapping[str, Model | Any] | None = None,
                  inputs: Iterable[str] | None = None, edges: Iterable[tuple[str, str]] = (),
                  private: Iterable[str] = (), name: str = "pipeline") -> None:
         super().__init__()
+        if isinstance(nodes, dspy.Module) and not isinstance(nodes, Node):
+            nodes = [nodes]
         if not nodes:
             raise GraphError("a pipeline needs at least one node")
         self.name = name
-        self.models = dict(models or {})
+        self.models = {key: m if isinstance(m, Model) else as_model(m, name=key)
+                       for key, m in (models or {}).items()}
+        nodes = [as_node(n) for n in nodes]
+        if len(self.models) == 1:  # DSPy modules without a model of their own use the one bound
+            for node in nodes:
+                if isinstance(node, DSPyModule) and node.model is None:
+                    node.model = next(iter(self.models))
         self.edges = list(edges)
         self._declared_inputs = list(inputs) if inputs is not None else None
         self.graph = build_graph(list(nodes), models=self.models, inputs=self._declared_inputs,

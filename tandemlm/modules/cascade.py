@@ -88,6 +88,20 @@ class Cascade(Composite):
     def children(self) -> list[Node]:
         return [*self.solvers, *self.judge_nodes]
 
+    def diagram(self) -> list[tuple[Node, Node, str]]:
+        """Each stage's solver to its judge, and on to the next stage below its threshold."""
+        edges = []
+        for position, (i, j) in enumerate(zip(self.order, self.order[1:])):
+            judge = getattr(self.judges[i], "node", None)
+            below = f"below {self.thresholds[i]:.3g}"
+            if judge is not None:
+                edges += [(self.solvers[i], judge, f"{position + 1}. answer"),
+                          (judge, self.solvers[j], below)]
+            else:
+                edges.append((self.solvers[i], self.solvers[j],
+                              f"{type(self.judges[i]).__name__} {below}"))
+        return edges
+
     def routes(self):
         mine = set(self.input_fields)
         routes = [(ref, mine) for s in self.solvers for ref, _ in s.routes()]

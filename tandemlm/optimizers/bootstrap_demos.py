@@ -89,6 +89,11 @@ class BootstrapDemos(Pass):
                                   f"'{node.prompt_field}'), which demos cannot change; skipped")
             else:
                 targets[path] = node
+        if not picked:
+            raise CompileError(f"bootstrap_demos: pipeline '{pipeline.name}' has no LMNode to give "
+                               f"demos (a DSPy module inside a pipeline keeps its own predictors: "
+                               f"compile it with a DSPy optimizer, e.g. dspy.BootstrapFewShot("
+                               f"metric=...).compile(pipeline, trainset=...)); drop this pass")
         if not targets:
             raise CompileError(f"bootstrap_demos: no node of pipeline '{pipeline.name}' can take "
                                f"demos (the LM nodes selected all send raw prompts); select nodes "

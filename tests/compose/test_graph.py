@@ -187,3 +187,22 @@ def test_mermaid_shows_every_node_model_and_field_edge():
                  "in_question -->|question| log", "decompose -->|subquestion| solve",
                  "solve -->|answer| grade", "log -.-> grade"):
         assert f"  {edge}" in lines, edge
+
+
+def test_mermaid_draws_composites_with_their_insides():
+    from tandemlm.modules import Cascade, Map, Stage
+
+    pipe = Pipeline([
+        Map(LMNode("word -> shout", model="small", name="shout"), over="words", into="shouts"),
+        Cascade([Stage(LMNode("shouts -> answer", model="small", name="cheap"),
+                       judge=LMNode("shouts, answer -> score: float", model="small", name="judge"),
+                       threshold=0.7),
+                 Stage(LMNode("shouts -> answer", model=MODEL, name="dear"))]),
+    ], models={"small": MODEL})
+    lines = pipe.to_mermaid().splitlines()
+    assert '  subgraph map_shout["map_shout (Map)"]' in lines
+    assert '    map_shout__shout["shout<br/>small"]' in lines  # Map's child and its model
+    assert '    cascade__dear["dear<br/>tiny"]' in lines
+    assert "    cascade__cheap -.->|1. answer| cascade__judge" in lines
+    assert "    cascade__judge -.->|below 0.7| cascade__dear" in lines
+    assert "  map_shout -->|shouts| cascade" in lines

@@ -23,6 +23,32 @@ from tandemlm.runtime.model import Model
 from tandemlm.runtime.types import GenRequest, GenResult
 
 
+def gen_request(request: Any) -> GenRequest:
+    """The tandem request for one DSPy (`dspy.lm15.Request`) call."""
+    messages = [{"role": "system", "content": request.system}] if request.system else []
+    messages += [{"role": m.role, "content": m.text} for m in request.messages]
+    config = request.config
+    stop = config.stop if config.stop is not None else ()
+    return GenRequest(messages=tuple(messages), max_new_tokens=config.max_tokens or 256,
+                      temperature=config.temperature or 0.0,
+                      top_p=config.top_p if config.top_p is not None else 1.0, seed=config.seed,
+                      stop=(stop,) if isinstance(stop, str) else tuple(stop))
+
+
+def lm_response(request: Any, result: GenResult, name: str) -> Any:
+    """The `dspy.lm15.Response` DSPy expects for `result`; a failed result raises, as a provider
+    error does in DSPy (its adapter or the program then handles it)."""
+    from dspy.lm15 import Message, Response, TextPart, Usage
+
+    if not result.ok:
+        raise RuntimeError(f"tandem model '{name}': {result.error}")
+    tokens_in, tokens_out = result.tokens_in or 0, result.tokens_out or 0
+    return Response(id=None, model=request.model, message=Message.assistant([TextPart(text=result.text)]),
+                    finish_reason=result.finish_reason,
+                    usage=Usage(input_tokens=tokens_in, output_tokens=tokens_out,
+                                total_tokens=tokens_in + tokens_out))
+
+
 class TandemEngine:
     """A DSPy custom engine answering with a tandem `Model` (one request per call, as DSPy
     issues them)."""
@@ -31,23 +57,8 @@ class TandemEngine:
         self.model = model
 
     def complete(self, request: Any) -> Any:
-        from dspy.lm15 import Message, Response, TextPart, Usage
-
-        messages = [{"role": "system", "content": request.system}] if request.system else []
-        messages += [{"role": m.role, "content": m.text} for m in request.messages]
-        config = request.config
-        stop = config.stop if config.stop is not None else ()
-        (result,) = self.model.generate([GenRequest(
-            messages=tuple(messages), max_new_tokens=config.max_tokens or 256,
-            temperature=config.temperature or 0.0, top_p=config.top_p if config.top_p is not None else 1.0,
-            seed=config.seed, stop=(stop,) if isinstance(stop, str) else tuple(stop))])
-        if not result.ok:
-            raise RuntimeError(f"tandem model '{self.model.name}': {result.error}")
-        tokens_in, tokens_out = result.tokens_in or 0, result.tokens_out or 0
-        return Response(id=None, model=request.model, message=Message.assistant([TextPart(text=result.text)]),
-                        finish_reason=result.finish_reason,
-                        usage=Usage(input_tokens=tokens_in, output_tokens=tokens_out,
-                                    total_tokens=tokens_in + tokens_out))
+        (result,) = self.model.generate([gen_request(request)])
+        return lm_response(request, result, self.model.name)
 
     def close(self) -> None:
         pass
@@ -73,6 +84,19 @@ def as_dspy_lm(model: Model, **lm_kwargs: Any) -> Any:
 
     return dspy.LM(f"tandem/{model.name}@{model.fingerprint[:16]}", engine=TandemEngine(model),
                    **{"temperature": 0.0, "max_tokens": 256, **lm_kwargs})
+
+
+def as_model(lm: Any, name: str | None = None) -> Model:
+    """A `dspy.LM` (e.g. `dspy.settings.lm`) as a tandem `Model`: the tandem model itself when
+    `lm` came from `as_dspy_lm` (so its calls batch on its own backend), else the `dspy` backend
+    around `lm` (one DSPy call per request)."""
+    engine = getattr(lm, "engine", None)
+    if isinstance(engine, TandemEngine):
+        return engine.model
+    if not hasattr(lm, "model") or not callable(lm):
+        raise ConfigError(f"{type(lm).__name__} is not a dspy.LM: give a tandem Model, a model "
+                          f"name bound by the pipeline, or a dspy.LM")
+    return DSPyBackend.wrap(lm, name=name)
 
 
 class DSPyBackend(Backend):
