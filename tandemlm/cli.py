@@ -120,10 +120,11 @@ def suite_command(
 
 @app.command("report")
 def report_command(
-    results: Path = typer.Argument(..., help="a directory written by `tandem suite`"),
+    results: Path = typer.Argument(..., help="a directory written by `tandem suite`, `tandem demo` "
+                                             "or `tandem eval --out`"),
     out: Path | None = typer.Option(None, "--out", help="the HTML file (default DIR/report.html)"),
 ) -> None:
-    """Render a suite's results (tables and plots) as one static HTML file."""
+    """Render a run's results (a suite's, the demo's or an evaluation's) as one static HTML file."""
     from tandemlm.suites.html import render_report
 
     try:

@@ -67,9 +67,15 @@ CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src
 
 
 def render_report(results_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write the HTML report of the suite results in `results_dir` to `out` (default
-    `results_dir/report.html`) and return its path; see the module docstring for what it shows."""
+    """Write the HTML report of the results in `results_dir` to `out` (default
+    `results_dir/report.html`) and return its path: a suite's or the demo's (`results.json`; see
+    the module docstring for what it shows), or an evaluation's (`summary.json`, see
+    `tandemlm.suites.eval_html`)."""
     results_dir = Path(results_dir)
+    if not (results_dir / "results.json").is_file() and (results_dir / "summary.json").is_file():
+        from tandemlm.suites.eval_html import render_eval
+
+        return render_eval(results_dir, out)
     results = load_results(results_dir / "results.json")
     path = Path(out) if out is not None else results_dir / "report.html"
     atomic_write(path, page(results))
@@ -80,8 +86,9 @@ def load_results(path: Path) -> dict[str, Any]:
     """The parsed `results.json` at `path`; a ConfigError naming the file when it is missing, not
     JSON, or not a suite results file."""
     if not path.is_file():
-        raise ConfigError(f"no suite results file at {path}; run `tandem suite` first, or pass the "
-                          f"directory it wrote")
+        raise ConfigError(f"no results file at {path}: `tandem report` renders a directory "
+                          f"that `tandem suite` or `tandem demo` wrote (results.json) or that "
+                          f"`tandem eval --out` wrote (summary.json)")
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

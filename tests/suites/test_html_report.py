@@ -82,3 +82,21 @@ def test_invalid_json_names_the_file(tmp_path: Path):
     (tmp_path / "results.json").write_text("{not json")
     with pytest.raises(ConfigError, match=re.escape(str(tmp_path / "results.json"))):
         render_report(tmp_path)
+
+
+def test_an_evaluation_directory_renders(tmp_path: Path):
+    """`tandem eval --out DIR` output renders too: the metric, cost per model, failures and
+    examples, from a real evaluation of the shipped replay program."""
+    from tandemlm.evaluate import evaluate, load_object
+
+    program = str(Path(__file__).resolve().parents[2] / "programs" / "replay_single.py")
+    result = evaluate(load_object(f"{program}:program", "program"),
+                      packaged_data("overruling_excerpt.jsonl"), load_object(f"{program}:metric",
+                                                                             "metric"),
+                      limit=12, out=tmp_path, progress=False)
+    text = render_report(tmp_path).read_text()
+    assert f"= {result.score:.3f}" in text and "on 12 examples" in text
+    assert "gpt-3.5-turbo" in text and text.count('<td class="num">') >= 12
+    (tmp_path / "summary.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="not an evaluation summary"):
+        render_report(tmp_path)
