@@ -10,10 +10,10 @@ from typer.core import TyperCommand, TyperGroup
 
 from tandemlm.runtime import terminal
 
-from tandemlm.evaluate import EvaluationInterrupted, evaluate, load_metric, load_program
+from tandemlm.evaluate import EvaluationInterrupted, evaluate, load_metric
 from tandemlm.optimizers import RichReporter, compile
 from tandemlm.optimizers.report import report_table
-from tandemlm.optimizers.specs import load_any_program, parse_passes, program_source
+from tandemlm.optimizers.specs import load_any_program, parse_passes, spec_source
 from tandemlm.runtime import TandemError
 
 
@@ -244,7 +244,9 @@ def eval_command(
 
 @app.command("compile")
 def compile_command(
-    program: str = typer.Argument(..., help="PROGRAM.py:NAME or module:NAME of a Pipeline"),
+    program: str = typer.Argument(..., help="PROGRAM.py:NAME or module:NAME of a Pipeline, or a "
+                                            "compiled artifact loaded onto its code to compile "
+                                            "further: DIR@PROGRAM.py:NAME"),
     train: Path = typer.Option(..., "--train", help="training examples: .jsonl, .json or .csv"),
     metric: str = typer.Option(..., "--metric", help="MODULE:FN or FILE.py:FN"),
     out: Path = typer.Option(..., "--out", help="artifact directory (a rerun resumes there)"),
@@ -257,19 +259,22 @@ def compile_command(
     batch_size: int = typer.Option(64, "--batch-size", help="examples per executor batch"),
     no_cache: bool = typer.Option(False, "--no-cache", help="do not keep model calls in "
                                                             "OUT/calls.sqlite (memory only)"),
+    trust_source: bool = typer.Option(False, "--trust-source", help=_TRUST_HELP),
 ) -> None:
     """Compile a program: run passes over its traces and write a loadable artifact."""
     try:
         steps = parse_passes(passes)
-        compiled = compile(load_program(program), train, load_metric(metric),
-                           passes=steps, valset=val, out_dir=out, source=program_source(program),
+        pipeline = load_any_program(program, trust_source=trust_source, confirm=_ask_to_run)
+        compiled = compile(pipeline, train, load_metric(metric),
+                           passes=steps, valset=val, out_dir=out, source=spec_source(program),
                            seed=seed, batch_size=batch_size, reporter=RichReporter(console),
                            cache=not no_cache)
     except TandemError as exc:
         _fail(exc)
     console.print(report_table(compiled.compile_report, "val" if val is not None else "train"))
+    code = spec_source(program) or program
     console.print(f"compiled program written to {out}/program.json (report: {out}/report.json); "
-                  f"evaluate it with `tandem eval {out}@{program} --data FILE --metric {metric}`")
+                  f"evaluate it with `tandem eval {out}@{code} --data FILE --metric {metric}`")
 
 
 @app.command("graph")

@@ -109,3 +109,16 @@ def test_graph_takes_an_artifact_like_eval(compiled):
     assert result.output.startswith("flowchart LR") and 'solve["solve<br/>small"]' in result.output
     refused = CliRunner().invoke(app, ["graph", str(out)])  # bare: names its source, runs nothing
     assert refused.exit_code == 2 and not (tmp_path / "ran").exists()
+
+
+def test_compile_continues_from_an_artifact_loaded_onto_its_code(compiled):
+    tmp_path, program, out = compiled
+    again = tmp_path / "again"
+    result = CliRunner().invoke(app, ["compile", f"{out}@{program}", "--train",
+                                      str(tmp_path / "data.jsonl"), "--metric",
+                                      f"{tmp_path / 'prog.py'}:metric", "--passes",
+                                      "BootstrapDemos(k=1)", "--out", str(again)],
+                                terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert json.loads((again / "program.json").read_text())["source"] == program
+    assert f"tandem eval {again}@{program}" in said(result) and not (tmp_path / "ran").exists()

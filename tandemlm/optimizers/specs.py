@@ -92,6 +92,16 @@ def program_source(spec: str) -> str:
     return spec
 
 
+def spec_source(spec: str) -> str | None:
+    """The program source an artifact compiled from `spec` should record: the code `spec`
+    names (`PROGRAM`, or `DIR@PROGRAM`'s `PROGRAM`), or what a bare artifact `DIR` records."""
+    found = _artifact(spec)
+    if found is None:
+        return program_source(spec)
+    directory, code = found
+    return program_source(code) if code is not None else recorded_source(directory)
+
+
 def _artifact(spec: str) -> tuple[Path, str | None] | None:
     """(artifact directory, program code or None) when `spec` names an artifact: `DIR` or
     `DIR@PROGRAM`."""
