@@ -16,9 +16,15 @@ parse rates of all sides print next to the ratios:
 Tandem and raw are timed `--repeats` times, interleaved, and their medians count; DSPy, ten
 times slower, once. Prints examples/s and the ratios; the last line is one JSON object.
 
+Tandem's `hf` backend computes with `--torch-threads` intra-op threads (its `threads=` option;
+"auto", the default, is torch's count lowered to the cores other processes keep busy), and raw
+`generate` with the same count; DSPy's calls with torch's own count, in `--threads` Python
+threads. `--busy` runs the timed part while another process keeps one core busy (a Python busy
+loop), as on a machine shared with other work.
+
     python benchmarks/batched_vs_dspy.py [--examples 128] [--threads 8] [--batch-size 64] [--repeats 3]
         [--device cpu|cuda] [--model PATH [--data FILE] [--adapter chat|compact]
-        [--max-tokens N]]
+        [--max-tokens N]] [--busy] [--torch-threads auto|N]
 """
 
 from __future__ import annotations
@@ -27,8 +33,12 @@ import argparse
 import json
 import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dspy
@@ -38,6 +48,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tandemlm import LMNode, Model, Pipeline
 from tandemlm.compose.adapters import CompactChatAdapter
+from tandemlm.runtime.threads import torch_threads
 from tandemlm.tiny import build_tiny_lm, node_chat_texts, train_tiny_lm
 
 TOPICS = ["math", "animals", "cities", "music", "rivers", "colors", "planets", "sports"]
@@ -46,6 +57,7 @@ SIGNATURES = {"topic": "question -> topic", "answer": "question, topic -> answer
 MAX_NEW_TOKENS = 24  # --max-tokens
 ADAPTERS = {"chat": dspy.ChatAdapter, "compact": CompactChatAdapter}
 ADAPTER = "chat"  # --adapter: the format of tandem's and DSPy's prompts alike
+TORCH_THREADS: int | str = "auto"  # --torch-threads: the hf backend's `threads=`
 
 
 def real_questions(path: Path, n: int) -> list[dict]:
@@ -101,7 +113,8 @@ DEVICE = "cpu"  # --device; float32 everywhere so the three ways compute the sam
 
 
 def tandem_pipeline(path: Path, constrained: bool | None = None) -> Pipeline:
-    model = Model("hf", str(path), device=DEVICE, dtype="float32", batch_size=64)
+    model = Model("hf", str(path), device=DEVICE, dtype="float32", batch_size=64,
+                  threads=TORCH_THREADS)
     nodes = [LMNode(SIGNATURES[name], model="lm", name=name, max_tokens=MAX_NEW_TOKENS,
                     adapter=ADAPTERS[ADAPTER](), constrained=constrained) for name in SIGNATURES]
     return Pipeline(nodes, models={"lm": model}, name="bench")
@@ -151,6 +164,27 @@ def run_tandem(path: Path, examples: list[dict], constrained: bool | None = None
     return time.perf_counter() - start, sum(r.ok for r in results)
 
 
+def tandem_threads(path: Path) -> int | None:
+    """The intra-op threads tandem's backend computes with now (None: torch's own count)."""
+    return tandem_pipeline(path).models["lm"].backend.thread_count()
+
+
+@contextmanager
+def competing_load(busy: bool) -> Iterator[None]:
+    """With `busy`, another process keeps one core busy until the block ends (or fails)."""
+    if not busy:
+        yield
+        return
+    loop = subprocess.Popen([sys.executable, "-c", "print('ready', flush=True)\nwhile True: pass"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        loop.stdout.readline()  # spinning before anything is timed
+        yield
+    finally:
+        loop.kill()
+        loop.wait()
+
+
 def median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
@@ -170,9 +204,9 @@ def run_dspy(path: Path, examples: list[dict], threads: int) -> tuple[float, int
     return time.perf_counter() - start, sum(o is not None for o in outputs)
 
 
-def run_raw(path: Path, examples: list[dict], batch_size: int) -> float:
+def run_raw(path: Path, examples: list[dict], batch_size: int, threads: int | None) -> float:
     """Raw batched generate over the prompts tandem formats for both stages (answer stage fed the
-    topics the first stage produced), no parsing."""
+    topics the first stage produced), no parsing, on `threads` intra-op threads."""
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(DEVICE).eval()
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     if tokenizer.pad_token is None:  # as the hf backend does
@@ -185,19 +219,19 @@ def run_raw(path: Path, examples: list[dict], batch_size: int) -> float:
     stages = [[tokenizer.apply_chat_template(list(m), tokenize=False, add_generation_prompt=True)
                for m in stage] for stage in (first, second)]
     start = time.perf_counter()
-    for prompts in stages:
-        for i in range(0, len(prompts), batch_size):
-            ids = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(DEVICE)
-            with torch.inference_mode():
-                out = model.generate(**ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
-            tokenizer.batch_decode(out[:, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    with torch_threads(threads):
+        for prompts in stages:
+            for i in range(0, len(prompts), batch_size):
+                ids = tokenizer(prompts[i:i + batch_size], return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(DEVICE)
+                with torch.inference_mode():
+                    out = model.generate(**ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                                         pad_token_id=tokenizer.pad_token_id)
+                tokenizer.batch_decode(out[:, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     return time.perf_counter() - start
 
 
-def main() -> None:
-    global DEVICE, MAX_NEW_TOKENS, ADAPTER
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=128)
     parser.add_argument("--threads", type=int, default=8)
@@ -210,29 +244,37 @@ def main() -> None:
                         "default: mmlu_test.jsonl under $TANDEM_REPLAY_DIR or ../shared/data/replay")
     parser.add_argument("--adapter", choices=sorted(ADAPTERS), default="chat")
     parser.add_argument("--max-tokens", type=int, default=MAX_NEW_TOKENS)
-    args = parser.parse_args()
-    DEVICE, MAX_NEW_TOKENS, ADAPTER = args.device, args.max_tokens, args.adapter
-    with tempfile.TemporaryDirectory() as tmp:
-        free = None
-        if args.model is None:
-            examples = make_questions(args.examples, seed=0)
-            print("building and briefly training the tiny model ...", flush=True)
-            path = build_model(Path(tmp))
-        else:
-            data = args.data or Path(os.environ.get("TANDEM_REPLAY_DIR") or
-                                     Path(__file__).resolve().parents[2] / "shared/data/replay") / "mmlu_test.jsonl"
-            examples = real_questions(data, args.examples)
-            path = real_model_folder(args.model)
-            free = run_tandem(path, examples, constrained=False)  # parse rate without the grammar
+    parser.add_argument("--busy", action="store_true",
+                        help="time everything while another process keeps one core busy")
+    parser.add_argument("--torch-threads", type=lambda v: v if v == "auto" else int(v), default="auto",
+                        help="tandem's and raw's intra-op threads: 'auto' (the hf backend's "
+                        "default) or a count")
+    return parser.parse_args()
+
+
+def measure(path: Path, examples: list[dict], args: argparse.Namespace) -> dict:
+    """Seconds and parse counts of every side, and the torch threads each computed with."""
+    out: dict = {"free": None}
+    with competing_load(args.busy):
+        if args.model is not None:
+            out["free"] = run_tandem(path, examples, constrained=False)  # parse rate, no grammar
         tandem_times, raw_times = [], []
         for _ in range(args.repeats):  # interleaved, so drift in machine speed hits both
-            elapsed, ok_tandem = run_tandem(path, examples)
+            elapsed, out["ok_tandem"] = run_tandem(path, examples)
             tandem_times.append(elapsed)
-            raw_times.append(run_raw(path, examples, args.batch_size))
-        t_dspy, ok_dspy = run_dspy(path, examples, args.threads)  # the slowest: once
-        t_tandem, t_raw = median(tandem_times), median(raw_times)
-    n = len(examples)
-    eps = {"tandem": n / t_tandem, "dspy": n / t_dspy, "raw": n / t_raw}
+            # what the run just used ("auto" follows the load), None: torch's own count
+            threads = tandem_threads(path)
+            raw_times.append(run_raw(path, examples, args.batch_size, threads))
+        out["threads"] = threads or torch.get_num_threads()
+        out["dspy_threads"] = torch.get_num_threads()  # what DSPy's worker threads start with
+        out["dspy"], out["ok_dspy"] = run_dspy(path, examples, args.threads)  # the slowest: once
+    out["tandem"], out["raw"] = median(tandem_times), median(raw_times)
+    return out
+
+
+def report(args: argparse.Namespace, n: int, m: dict) -> None:
+    free, ok_tandem, ok_dspy = m["free"], m["ok_tandem"], m["ok_dspy"]
+    eps = {"tandem": n / m["tandem"], "dspy": n / m["dspy"], "raw": n / m["raw"]}
     print(f"model          : {args.model or 'tiny (trained here)'}, {n} examples, adapter {ADAPTER}, "
           f"max {MAX_NEW_TOKENS} new tokens, {DEVICE}")
     print(f"tandem batched : {eps['tandem']:8.1f} examples/s ({ok_tandem}/{n} parsed, "
@@ -244,12 +286,37 @@ def main() -> None:
     print(f"raw generate   : {eps['raw']:8.1f} examples/s (no parsing)")
     vs_dspy, vs_raw = eps["tandem"] / eps["dspy"], eps["tandem"] / eps["raw"]
     print(f"tandem / dspy = {vs_dspy:.2f}x   tandem / raw = {vs_raw:.2f}x")
+    print(f"torch threads  : tandem {m['threads']} (threads={TORCH_THREADS!r}), raw {m['threads']}, "
+          f"dspy {m['dspy_threads']} in each of its {args.threads} threads; {os.cpu_count()} cores")
+    if args.busy:
+        print("measured under --busy: another process kept one core busy for the whole timed part")
     print(json.dumps({"device": DEVICE, "model": str(args.model or "tiny"), "examples": n,
                       "adapter": ADAPTER, "tandem_eps": round(eps["tandem"], 2),
                       "dspy_eps": round(eps["dspy"], 2), "raw_eps": round(eps["raw"], 2),
                       "vs_dspy": round(vs_dspy, 2), "vs_raw": round(vs_raw, 2),
                       "parsed": {"tandem": ok_tandem, "dspy": ok_dspy,
-                                 "tandem_free": free[1] if free else None}}))
+                                 "tandem_free": free[1] if free else None},
+                      "busy": args.busy, "threads": {"tandem": m["threads"], "raw": m["threads"],
+                                                     "dspy": m["dspy_threads"]}}))
+
+
+def main() -> None:
+    global DEVICE, MAX_NEW_TOKENS, ADAPTER, TORCH_THREADS
+    args = parse_args()
+    DEVICE, MAX_NEW_TOKENS, ADAPTER = args.device, args.max_tokens, args.adapter
+    TORCH_THREADS = args.torch_threads
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.model is None:
+            examples = make_questions(args.examples, seed=0)
+            print("building and briefly training the tiny model ...", flush=True)
+            path = build_model(Path(tmp))
+        else:
+            data = args.data or Path(os.environ.get("TANDEM_REPLAY_DIR") or
+                                     Path(__file__).resolve().parents[2] / "shared/data/replay") / "mmlu_test.jsonl"
+            examples = real_questions(data, args.examples)
+            path = real_model_folder(args.model)
+        measured = measure(path, examples, args)
+    report(args, len(examples), measured)
 
 
 if __name__ == "__main__":

@@ -38,10 +38,11 @@ from tandemlm.runtime.backends.hf_prefill import packed_cache
 from tandemlm.runtime.backends.hf_gguf import gguf_folder, gguf_identity, gguf_path
 from tandemlm.runtime.backends.hf_sampling import RowSampler, row_seed
 from tandemlm.runtime.errors import ConfigError
+from tandemlm.runtime.threads import check_threads
 from tandemlm.runtime.types import Constraint, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 _OPTIONS = ("device", "dtype", "batch_size", "adapter", "trust_remote_code", "gguf_file",
-            "constrained", "prefill")
+            "constrained", "prefill", "threads")
 _PREFILLS = ("packed", "padded")
 _PREFIX_TOKENS = 4  # prompt tokens decoded in front of the output, see decode_continuation
 
@@ -70,6 +71,11 @@ class HFBackend(TransformersBackend):
         prefill: "packed" (default): a microbatch's shared prompt prefix is computed once and
             no prompt is padded to the longest (see `hf_prefill`; models with sliding-window
             layers keep the padded prefill); "padded": `model.generate`'s own prefill.
+        threads: torch's intra-op threads while this backend runs (generate, logprobs, LoRA
+            training); torch's count is process-wide, so it is set for that work and put back
+            after (see `tandemlm.runtime.threads`). "auto"/None (default): on CPU, torch's own
+            count lowered to the cores other processes leave free (never below 1); threads=1
+            where other work shares the cores. Changes how fast the model runs, not what it is.
     """
 
     name = "hf"
@@ -82,7 +88,8 @@ class HFBackend(TransformersBackend):
     def __init__(self, model_id: str, *, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 32, adapter: str | None = None,
                  trust_remote_code: bool = False, gguf_file: str | None = None,
-                 constrained: bool = True, prefill: str = "packed", **unknown: Any) -> None:
+                 constrained: bool = True, prefill: str = "packed", threads: int | str | None = None,
+                 **unknown: Any) -> None:
         if unknown:
             raise ConfigError(f"unknown option(s) {', '.join(map(repr, sorted(unknown)))} for backend "
                               f"'hf' (model '{model_id}'); known options: {', '.join(_OPTIONS)}")
@@ -99,9 +106,10 @@ class HFBackend(TransformersBackend):
         if prefill not in _PREFILLS:
             raise ConfigError(f"prefill must be one of {', '.join(map(repr, _PREFILLS))}, got "
                               f"{prefill!r}")
+        self.threads = check_threads(threads, "hf")
         super().__init__(model_id, device=device, dtype=dtype, batch_size=batch_size,
                          adapter=adapter, trust_remote_code=trust_remote_code, gguf_file=gguf_file,
-                         constrained=constrained, prefill=prefill)
+                         constrained=constrained, prefill=prefill, threads=threads)
         self.supports_constrained = constrained
         self.prefill = prefill
         self.gguf = gguf_path(model_id, gguf_file)  # the GGUF file to load, if the model is one
@@ -182,7 +190,7 @@ class HFBackend(TransformersBackend):
 
     def generate(self, requests: list[GenRequest]) -> list[GenResult]:
         """One result per request, in request order; a bad request fails alone."""
-        with self._lock:
+        with self._lock, self._torch_threads():
             self._load()
             results: list[GenResult | None] = [None] * len(requests)
             groups: dict[tuple, list[tuple[int, list[int]]]] = defaultdict(list)
@@ -348,7 +356,7 @@ class HFBackend(TransformersBackend):
         continuation tokenized apart from its context (see `hf_scoring`)."""
         from tandemlm.runtime.backends.hf_scoring import score
 
-        with self._lock:
+        with self._lock, self._torch_threads():
             self._load()
             return score(self, requests)
 
@@ -360,7 +368,8 @@ class HFBackend(TransformersBackend):
         is untouched. See `hf_lora.train_lora` for the options; returns its `FitResult`."""
         from tandemlm.runtime.backends.hf_lora import train_lora
 
-        return train_lora(self, examples, out_dir, **options)
+        with self._torch_threads():
+            return train_lora(self, examples, out_dir, **options)
 
     # ---- identity and lifecycle ----------------------------------------------------------------
 

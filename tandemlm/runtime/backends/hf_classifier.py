@@ -29,10 +29,12 @@ import torch
 from tandemlm.runtime.backends.hf_common import (DTYPES, LOAD_LOCK, TransformersBackend, placement,
                                                  weights_identity)
 from tandemlm.runtime.errors import ConfigError
+from tandemlm.runtime.threads import check_threads
 from tandemlm.runtime.train import fit
 from tandemlm.runtime.types import ClassifyRequest, ClassifyResult, GenRequest, GenResult
 
-_OPTIONS = ("device", "dtype", "batch_size", "num_labels", "max_length", "trust_remote_code")
+_OPTIONS = ("device", "dtype", "batch_size", "num_labels", "max_length", "trust_remote_code",
+            "threads")
 _HEAD_INIT_SEED = 0
 
 
@@ -91,6 +93,10 @@ class HFClassifierBackend(TransformersBackend):
             checkpoint's own head size, or 1 for a bare encoder.
         max_length: truncate each (text, text_pair) to this many tokens (default: the model's).
         trust_remote_code: passed to `from_pretrained`.
+        threads: torch's intra-op threads while this backend classifies or trains; "auto"/None
+            (default): on CPU, torch's own count lowered to the cores other processes leave free.
+            torch's count is process-wide: it is set for that work and put back after (see
+            `tandemlm.runtime.threads`).
     """
 
     name = "hf-classifier"
@@ -99,7 +105,8 @@ class HFClassifierBackend(TransformersBackend):
 
     def __init__(self, model_id: str, *, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 32, num_labels: int | None = None, max_length: int | None = None,
-                 trust_remote_code: bool = False, **unknown: Any) -> None:
+                 trust_remote_code: bool = False, threads: int | str | None = None,
+                 **unknown: Any) -> None:
         if unknown:
             raise ConfigError(f"unknown option(s) {', '.join(map(repr, sorted(unknown)))} for backend "
                               f"'hf-classifier' (model '{model_id}'); known options: "
@@ -110,9 +117,10 @@ class HFClassifierBackend(TransformersBackend):
         _check_int("batch_size", batch_size, 1)
         _check_int("num_labels", num_labels, 1)
         _check_int("max_length", max_length, 2)
+        self.threads = check_threads(threads, "hf-classifier")
         super().__init__(model_id, device=device, dtype=dtype, batch_size=batch_size,
                          num_labels=num_labels, max_length=max_length,
-                         trust_remote_code=trust_remote_code)
+                         trust_remote_code=trust_remote_code, threads=threads)
         self.device_option, self.dtype_option = device, dtype
         self.batch_size, self.max_length_option = batch_size, max_length
         self.num_labels_option, self.trust_remote_code = num_labels, trust_remote_code
@@ -179,7 +187,7 @@ class HFClassifierBackend(TransformersBackend):
 
     def classify(self, requests: list[ClassifyRequest]) -> list[ClassifyResult]:
         """One result per request, in request order; a bad request fails alone."""
-        with self._lock:
+        with self._lock, self._torch_threads():
             self._load()
             results: list[ClassifyResult | None] = [None] * len(requests)
             encoded = self._encode(requests, results)
@@ -260,19 +268,20 @@ class HFClassifierBackend(TransformersBackend):
         """
         _check_int("epochs", epochs, 1)
         _check_int("batch_size", batch_size, 1)
-        device, _ = placement(self.device_option, self.dtype_option)
-        model, tokenizer = self._load_copy(device, "float32")  # the served model stays as it is
-        targets = _targets(labels, model.config.num_labels, len(pairs))
-        batches = _training_batches(tokenizer, list(pairs), targets, batch_size,
-                                    self._limit(model, tokenizer), seed, device)
-        _fit(model, batches, epochs=epochs, lr=lr or (3e-5 if train_encoder else 5e-2),
-             train_encoder=train_encoder, seed=seed, progress=progress)
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with _quiet():
-            model.save_pretrained(str(out), safe_serialization=True)
-        tokenizer.save_pretrained(str(out))
-        return out
+        with self._torch_threads():
+            device, _ = placement(self.device_option, self.dtype_option)
+            model, tokenizer = self._load_copy(device, "float32")  # the served model stays as it is
+            targets = _targets(labels, model.config.num_labels, len(pairs))
+            batches = _training_batches(tokenizer, list(pairs), targets, batch_size,
+                                        self._limit(model, tokenizer), seed, device)
+            _fit(model, batches, epochs=epochs, lr=lr or (3e-5 if train_encoder else 5e-2),
+                 train_encoder=train_encoder, seed=seed, progress=progress)
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            with _quiet():
+                model.save_pretrained(str(out), safe_serialization=True)
+            tokenizer.save_pretrained(str(out))
+            return out
 
     # ---- identity and lifecycle ----------------------------------------------------------------
 

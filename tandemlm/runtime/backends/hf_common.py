@@ -1,5 +1,6 @@
 """What the transformers backends (`hf`, `hf-classifier`) share: device and dtype placement,
-a weights identity that needs no load, and freeing a model's memory."""
+torch's thread count while they run, a weights identity that needs no load, and freeing a
+model's memory."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from tandemlm.runtime.backend import Backend
+from tandemlm.runtime.threads import auto_threads, torch_threads
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -58,7 +60,25 @@ def release(model: Any) -> None:
 
 class TransformersBackend(Backend):
     """Lifecycle shared by the transformers backends: subclasses load lazily into `_model` and
-    `_tokenizer` under `_lock` through `_load()`."""
+    `_tokenizer` under `_lock` through `_load()`, keep their placement options in
+    `device_option` / `dtype_option` and their checked `threads=` option in `threads` (None:
+    "auto"), and run their torch work inside `self._torch_threads()`."""
+
+    threads: int | None = None
+
+    def thread_count(self) -> int | None:
+        """torch's intra-op threads for this backend's work now: the `threads` option, or on CPU
+        the auto rule (`tandemlm.runtime.threads.auto_threads`: torch's own count, lowered to the
+        cores other processes leave free). None with "auto" on an accelerator: torch's count is
+        left as it is there (the CPU only feeds the device)."""
+        if self.threads is not None:
+            return self.threads
+        device, _ = placement(self.device_option, self.dtype_option)
+        return auto_threads() if device == "cpu" else None
+
+    def _torch_threads(self) -> Any:
+        """The block this backend's torch work runs in (see `tandemlm.runtime.threads`)."""
+        return torch_threads(self.thread_count())
 
     def _load(self) -> tuple[Any, Any]:
         raise NotImplementedError
