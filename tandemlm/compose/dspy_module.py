@@ -134,6 +134,12 @@ class DSPyModule(dspy.Module, Node):
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
         if "dspy" in state:
+            if _names_an_lm(state["dspy"]):
+                # DSPy would rebuild it, importing the engine class the state names: loading an
+                # artifact never runs code it names
+                raise ConfigError(f"node '{self.name}': its saved DSPy state names an LM; a "
+                                  f"saved state holds demos and instructions only (compile again, "
+                                  f"or set the LM in code)")
             self.module.load_state(state["dspy"])
 
     # -- execution -------------------------------------------------------------------------
@@ -209,6 +215,15 @@ class DSPyModule(dspy.Module, Node):
         if trace.error is not None:
             raise ConfigError(f"node '{self.name}': {trace.error}")
         return dspy.Prediction(**trace.outputs)
+
+
+def _names_an_lm(state: Any) -> bool:
+    """Whether a dumped DSPy state carries an `lm` anywhere (what `_dump_without_lms` leaves out)."""
+    if isinstance(state, dict):
+        return any((k == "lm" and v is not None) or _names_an_lm(v) for k, v in state.items())
+    if isinstance(state, list):
+        return any(_names_an_lm(v) for v in state)
+    return False
 
 
 def _dump_without_lms(module: dspy.Module) -> dict[str, Any]:

@@ -176,6 +176,17 @@ def test_state_round_trips_without_lms():
     assert fresh.module.predict.demos[0]["answer"] == "A"
 
 
+def test_a_state_naming_an_lm_is_refused_before_dspy_imports_anything():
+    """DSPy's load_state rebuilds an LM from the engine class its state names (an import): a
+    tampered artifact must not get that far."""
+    node = DSPyModule(dspy.ChainOfThought("question -> answer"))
+    state = node.state()
+    state["dspy"]["predict"]["lm"] = {"model": "x", "engine": {"class": "os:system", "state": {}}}
+    with pytest.raises(ConfigError, match="names an LM"):
+        node.set_state(state)
+    assert node.module.predict.lm is None
+
+
 def test_dspy_optimizers_see_the_inner_predictors():
     pipe = Pipeline(TopicThenAnswer(), models={"s": scripted(reply=two_step)})
     assert [n for n, _ in pipe.named_predictors()] == [
