@@ -61,9 +61,8 @@ def _guess_inputs(module: dspy.Module, predictors: list[Any]) -> list[str]:
 class _BatchEngine:
     """DSPy's custom-engine protocol, answering through the node's `Barrier`."""
 
-    def __init__(self, node: DSPyModule, barrier: Barrier, model: Model,
-                 traces: list[NodeTrace]) -> None:
-        self.node, self.barrier, self.model, self.traces = node, barrier, model, traces
+    def __init__(self, barrier: Barrier, model: Model, traces: list[NodeTrace]) -> None:
+        self.barrier, self.model, self.traces = barrier, model, traces
         self._lock = threading.Lock()
 
     def complete(self, request: Any) -> Any:
@@ -158,7 +157,7 @@ class DSPyModule(dspy.Module, Node):
         traces = [NodeTrace(node=self.name, inputs=values, model=model.name) for values in inputs]
         barrier = Barrier(lambda requests: ctx.generate(model, requests), self.window_s)
         lm = dspy.LM(f"tandem/{model.name}@{model.fingerprint[:16]}", cache=False, num_retries=0,
-                     engine=_BatchEngine(self, barrier, model, traces))
+                     engine=_BatchEngine(barrier, model, traces))
 
         def one(index: int) -> None:
             _EXAMPLE.set(index)

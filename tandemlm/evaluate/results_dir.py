@@ -111,7 +111,7 @@ class ResultsDir:
             note(f"{self.results} holds results of another evaluation ({why}); starting over")
             return {}
         done, stale = {}, 0
-        for data in _read_records(self.results):
+        for data in read_records(self.results):
             index = data.get("index")
             if not isinstance(index, int) or not 0 <= index < len(examples):
                 continue  # beyond this run's examples (a smaller --limit)
@@ -138,10 +138,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a results file; a line cut short by a kill mid-write is skipped (its
-    example runs again)."""
-    records = []
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a results file (none when there is no file); a line cut short by a kill
+    mid-write is skipped (its example runs again)."""
+    records: list[dict[str, Any]] = []
+    if not path.is_file():
+        return records
     with path.open(encoding="utf-8") as handle:
         for line in handle:
             try:

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tandemlm.evaluate.results_dir import read_records
 from tandemlm.optimizers.artifacts import atomic_write
 from tandemlm.runtime import ConfigError
 from tandemlm.suites.html import CSP, CSS, SCRIPT, _e, _num, _row, _table
@@ -24,7 +25,7 @@ def render_eval(results_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the HTML page of the evaluation in `results_dir` (default `DIR/report.html`)."""
     results_dir = Path(results_dir)
     summary = _summary(results_dir / "summary.json")
-    records = _records(results_dir / "results.jsonl")
+    records = read_records(results_dir / "results.jsonl")
     path = Path(out) if out is not None else results_dir / "report.html"
     atomic_write(path, eval_page(summary, records))
     return path
@@ -40,20 +41,6 @@ def _summary(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not an evaluation summary: expected an object with a "
                           f"'metric', as `tandem eval --out` writes")
     return summary
-
-
-def _records(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by an interrupted run
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def eval_page(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
