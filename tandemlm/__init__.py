@@ -4,13 +4,13 @@ from tandemlm.compose import DSPyModule, ExampleResult, LMNode, Node, NodeTrace,
 from tandemlm.evaluate import EvalResult, evaluate, load_data
 from tandemlm.modules import Solve
 from tandemlm.optimizers import compile, load
-from tandemlm.runtime import (Backend, ConfigError, GenRequest, GenResult, GraphError, Model,
+from tandemlm.runtime import (Backend, ConfigError, EvaluationWarning, GenRequest, GenResult, GraphError, Model,
                               ParseError, ScoreRequest, ScoreResult, TandemError, register_backend)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Backend", "ConfigError", "DSPyModule", "EvalResult", "ExampleResult", "GenRequest", "GenResult",
+    "Backend", "ConfigError", "DSPyModule", "EvalResult", "EvaluationWarning", "ExampleResult", "GenRequest", "GenResult",
     "GraphError", "LMNode", "Model", "Node", "NodeTrace", "ParseError", "Pipeline",
     "ScoreRequest", "ScoreResult", "Solve", "Step", "TandemError", "compile", "evaluate", "load",
     "load_data",

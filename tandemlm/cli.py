@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -14,7 +15,7 @@ from tandemlm.evaluate import EvaluationInterrupted, evaluate, load_metric
 from tandemlm.optimizers import RichReporter, compile
 from tandemlm.optimizers.report import report_table
 from tandemlm.optimizers.specs import load_any_program, parse_passes, spec_source
-from tandemlm.runtime import TandemError
+from tandemlm.runtime import EvaluationWarning, TandemError
 
 
 
@@ -225,8 +226,10 @@ def eval_command(
     examples failed, 130 when interrupted (a re-run with the same --out resumes)."""
     try:
         pipeline = load_any_program(program, trust_source=trust_source, confirm=_ask_to_run)
-        result = evaluate(pipeline, data, load_metric(metric), limit=limit, out=out,
-                          batch_size=batch_size, max_errors=max_errors, fresh=fresh)
+        with warnings.catch_warnings():  # the failure is printed below, and exits 1
+            warnings.simplefilter("ignore", EvaluationWarning)
+            result = evaluate(pipeline, data, load_metric(metric), limit=limit, out=out,
+                              batch_size=batch_size, max_errors=max_errors, fresh=fresh)
     except TandemError as exc:
         _fail(exc)
     except EvaluationInterrupted as exc:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from tandemlm.runtime import (ClassifyRequest, ClassifyResult, GenRequest, GenResult, Model,
                               PrivacyError, ScoreRequest, ScoreResult)
+from tandemlm.runtime import progress
 from tandemlm.runtime.types import request_texts
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class RunContext:
         """Run a child node (of a composite) on a subset of examples; one batch per call."""
         if not inputs:
             return []
+        progress.report(f"{node.name}: {len(inputs)} example(s)")
         traces = node.run_batch(inputs, self)
         if len(traces) != len(inputs):
             raise RuntimeError(f"node '{node.name}' returned {len(traces)} traces for "

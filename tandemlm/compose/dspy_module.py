@@ -30,11 +30,12 @@ import time
 from typing import Any
 
 import dspy
+from dspy.utils.exceptions import AdapterParseError
 
 from tandemlm.compose.context import RunContext
 from tandemlm.compose.node import Fields, Node, as_fields
 from tandemlm.compose.trace import NodeTrace, account
-from tandemlm.runtime import ConfigError, GenResult, Model
+from tandemlm.runtime import ConfigError, GenResult, Model, progress
 from tandemlm.runtime.backends.dspy_bridge import as_model, gen_request, lm_response
 from tandemlm.runtime.barrier import Barrier
 
@@ -159,6 +160,8 @@ class DSPyModule(dspy.Module, Node):
         lm = dspy.LM(f"tandem/{model.name}@{model.fingerprint[:16]}", cache=False, num_retries=0,
                      engine=_BatchEngine(barrier, model, traces))
 
+        finished, throttle = [0], progress.Throttle()
+
         def one(index: int) -> None:
             _EXAMPLE.set(index)
             start = time.perf_counter()
@@ -168,7 +171,12 @@ class DSPyModule(dspy.Module, Node):
                 traces[index].outputs = self._outputs_of(prediction)
             except Exception as exc:  # a failing example fails alone
                 traces[index].error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+                if isinstance(exc, AdapterParseError):
+                    traces[index].info["failure"] = "parse"
             traces[index].latency_s = time.perf_counter() - start
+            with lock:
+                finished[0] += 1
+                throttle(lambda: f"{self.name}: {finished[0]}/{len(inputs)} examples done")
 
         todo = iter(range(len(inputs)))
         lock = threading.Lock()

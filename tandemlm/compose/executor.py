@@ -19,7 +19,7 @@ from tandemlm.compose.context import RunContext
 from tandemlm.compose.graph import stages
 from tandemlm.compose.node import Node
 from tandemlm.compose.trace import ExampleResult, NodeTrace
-from tandemlm.runtime import Model
+from tandemlm.runtime import Model, progress
 
 ResolveModel = Callable[[Model | str | None], Model | None]
 
@@ -53,7 +53,9 @@ def run_stages(graph: nx.DiGraph, examples: list[dict[str, Any]], inputs: list[s
     secrets = frozenset(str(s[f]) for s in states for f in private if f in s and str(s[f]))
     ctx = RunContext(resolve=resolve, private_values=secrets)
     traces: list[list[NodeTrace]] = [[] for _ in examples]
-    for stage in stages(graph):
+    plan = list(stages(graph))
+    for number, stage in enumerate(plan, 1):
+        progress.report(f"stage {number}/{len(plan)}: {', '.join(stage)}")
         todo = [i for i, e in enumerate(errors) if e is None]
         groups: dict[str, list[Node]] = {}
         for name in stage:

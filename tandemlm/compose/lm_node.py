@@ -227,6 +227,7 @@ class LMNode(dspy.Predict, Node):
         for i, request in enumerate(self.requests(inputs, constraint=constraint)):
             if isinstance(request, Exception):
                 traces[i].error = f"could not format the prompt: {type(request).__name__}: {request}"
+                traces[i].info["failure"] = "prompt"
             else:
                 pending.append((i, request))
         # One batch; an output that fails to parse is asked for once more in another format
@@ -278,7 +279,7 @@ class LMNode(dspy.Predict, Node):
                 adapter: Adapter | None = None) -> str | None:
         """Set the trace's outputs (or error) from one result; returns the error, if any."""
         if not result.ok:
-            trace.error = f"backend error: {result.error}"
+            trace.error, trace.info["failure"] = f"backend error: {result.error}", "backend"
             return trace.error
         if constraint is not None and result.finish_reason == "length" and self._cut_in_json(
                 constraint, result.text):
@@ -287,16 +288,18 @@ class LMNode(dspy.Predict, Node):
             trace.error = (f"the output stopped at max_tokens="
                            f"{self.config['max_tokens']} before its format was complete: raise "
                            f"max_tokens")
+            trace.info["failure"] = "parse"
             return trace.error
         try:
             outputs = self.parse(result.text, adapter)
         except TandemError as exc:
-            trace.error = str(exc)
+            trace.error, trace.info["failure"] = str(exc), "parse"
             if result.finish_reason == "length":
                 trace.error += (f" (the output stopped at max_tokens={self.config['max_tokens']}"
                                 f" before its format was complete: raise max_tokens)")
             return trace.error
         trace.outputs, trace.error = outputs, None
+        trace.info.pop("failure", None)  # a retry that parsed
         return None
 
     def _cut_in_json(self, constraint: Constraint, text: str) -> bool:

@@ -11,6 +11,7 @@ With `out`, records stream to `out/results.jsonl` as examples finish and a re-ru
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,11 @@ from tandemlm.evaluate.metrics import Metric, check_metric
 from tandemlm.evaluate.results import EvalResult, Record
 from tandemlm.evaluate.results_dir import ResultsDir, run_info
 from tandemlm.evaluate.stats import bootstrap_stderr
-from tandemlm.runtime import EvaluationAborted
+from tandemlm.runtime import EvaluationAborted, EvaluationWarning, terminal
+from tandemlm.runtime.progress import listening
+
+#: characters of the in-batch progress text the bar shows
+_NOW_WIDTH = 48
 
 
 class EvaluationInterrupted(KeyboardInterrupt):
@@ -64,6 +69,7 @@ def _summary(pipeline: Pipeline, metric: Metric, result: EvalResult, wall_s: flo
         "n": len(scores),
         "errors": sum(r.error is not None for r in result.records),
         "error_counts": [{"error": e, "count": c} for e, c in result.error_counts(10)],
+        "node_errors": result.node_errors(),
         "metric": {"name": getattr(metric, "__name__", type(metric).__name__),
                    "mean": sum(scores) / len(scores) if scores else 0.0,
                    "stderr": bootstrap_stderr(scores)},
@@ -85,12 +91,20 @@ def _examples(pipeline: Pipeline, data: Any, limit: int | None) -> list[dict[str
 
 
 @contextmanager
-def _bar(name: str, total: int, done: int, progress: bool) -> Iterator[Callable[[int, float], None]]:
+def _bar(name: str, total: int, done: int, show: bool) -> Iterator[Callable[[int, float], None]]:
+    """The examples bar; while a batch runs, its last column says what the batch is doing
+    (stage, node, microbatch, token step: `runtime.progress`), so a long batch visibly moves."""
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("score {task.fields[score]:.3f}"), TimeElapsedColumn())
-    with Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"evaluating {name}", total=total, completed=done, score=0.0)
-        yield lambda n, score: bar.update(task, advance=n, score=score)
+               TextColumn("score {task.fields[score]:.3f}"), TimeElapsedColumn(),
+               TextColumn("{task.fields[now]}", markup=False))
+    with Progress(*columns, disable=not show, console=terminal.console()) as bar:
+        task = bar.add_task(f"evaluating {name}", total=total, completed=done, score=0.0, now="")
+        advance = lambda n, score: bar.update(task, advance=n, score=score, now="")
+        if not show:  # a caller's own listener, if any, keeps hearing the batch
+            yield advance
+            return
+        with listening(lambda text: bar.update(task, now=text[:_NOW_WIDTH])):
+            yield advance
 
 
 def _check_errors(records: dict[int, Record], max_errors: int | None, partial: Callable[[], Any],
@@ -122,7 +136,12 @@ def evaluate(pipeline: Pipeline, data: str | Path | Iterable[Any], metric: Metri
     to `out/results.jsonl` as its example finishes, and a later call with the same `out`
     runs only the examples not recorded there (`fresh=True` runs all again). Ctrl-C raises
     `EvaluationInterrupted`. No examples, a field the pipeline reads missing from the data, or
-    a metric that is not a function (example, prediction[, trace]) are a `ConfigError`.
+    a metric that is not a function (example, prediction[, trace]) are a `ConfigError`. When
+    most examples failed (`EvalResult.failure`), an `EvaluationWarning` says so.
+
+    The progress bar counts finished examples and shows what the running batch is doing (its
+    stage and node, the local model's microbatch and token step, HTTP requests answered).
+    `print(result)` gives a one-line summary, `result.print()` the table per model.
     """
     metric = check_metric(metric)
     examples = _examples(pipeline, data, limit)
@@ -159,4 +178,16 @@ def evaluate(pipeline: Pipeline, data: str | Path | Iterable[Any], metric: Metri
     finally:
         if store is not None:
             store.close()
-    return result()
+    final = result()
+    _warn_if_failed(final)
+    return final
+
+
+def _warn_if_failed(result: EvalResult) -> None:
+    """A loud warning when most examples failed: the score then measures the failures."""
+    failure = result.failure()
+    if failure is None:
+        return
+    common, count = result.error_counts(1)[0]
+    warnings.warn(f"{failure}; the score {result.score:.3f} counts them as 0. Most common error "
+                  f"({count} x): {' '.join(common.split())[:300]}", EvaluationWarning, stacklevel=3)

@@ -19,6 +19,8 @@ from tandemlm.runtime.files import atomic_write
 
 #: the share of failed examples above which an evaluation counts as failed (`EvalResult.failure`)
 MAX_FAILED_FRACTION = 0.5
+#: what `EvalResult.node_errors` counts per node
+NODE_COUNTS = ("runs", "failed", "parse_failed", "recovered")
 
 
 @dataclass
@@ -97,6 +99,35 @@ class EvalResult:
         atomic_write(out / "summary.json", json.dumps(self.summary, indent=2, default=str) + "\n")
         return out
 
+    def node_errors(self) -> dict[str, dict[str, int]]:
+        """Per node (children of composites too), over every example: how many times it ran,
+        failed, failed to parse its model's output, and parsed only when asked again in
+        another format (`recovered`)."""
+        counts: dict[str, dict[str, int]] = {}
+        for record in self.records:
+            for trace in (t for root in record.result.trace for t in root.walk()):
+                row = counts.setdefault(trace.node, dict.fromkeys(NODE_COUNTS, 0))
+                row["runs"] += 1
+                row["failed"] += trace.error is not None
+                row["parse_failed"] += trace.error is not None and trace.info.get("failure") == "parse"
+                row["recovered"] += trace.error is None and "parsed_with" in trace.info
+        return counts
+
+    def __str__(self) -> str:
+        s = self.summary
+        if not s:
+            return f"EvalResult({len(self.records)} records, no summary)"
+        metric = s["metric"]
+        stderr = f" ± {metric['stderr']:.3f}" if metric.get("stderr") is not None else ""
+        cost = s.get("total_cost_usd")
+        return (f"{s['program']}: {metric['name']} = {metric['mean']:.3f}{stderr} on {s['n']} "
+                f"examples ({s['errors']} failed)"
+                + (f", ${cost:.4f}" if cost is not None else "")
+                + f", {s.get('wall_s', 0.0):.1f} s" + (f"; {self.failure()}" if self.failure() else ""))
+
+    def __repr__(self) -> str:  # the records can be thousands: the summary line instead
+        return f"<EvalResult {self}>"
+
     def error_counts(self, top: int | None = None) -> list[tuple[str, int]]:
         """(error message, how many examples failed with it), most common first."""
         return Counter(r.error for r in self.records if r.error is not None).most_common(top)
@@ -128,8 +159,24 @@ class EvalResult:
         """The table, then the most common errors when examples failed."""
         console = console or terminal.console()
         console.print(self.table())
-        for line in error_digest(self.error_counts(), len(self.records)):
+        lines = error_digest(self.error_counts(), len(self.records))
+        for line in lines + node_digest(self.summary.get("node_errors") or self.node_errors()):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def node_digest(counts: dict[str, dict[str, int]]) -> list[str]:
+    """A line per node that failed or needed a second try (see `EvalResult.node_errors`)."""
+    lines = []
+    for node, c in counts.items():
+        if not c.get("failed") and not c.get("recovered"):
+            continue
+        line = f"node '{node}': {c['failed']} of {c['runs']} runs failed"
+        if c.get("parse_failed"):
+            line += f" ({c['parse_failed']} could not parse the model output)"
+        if c.get("recovered"):
+            line += f"; {c['recovered']} parsed only when asked again in another format"
+        lines.append(line)
+    return lines
 
 
 def error_digest(counts: list[tuple[str, int]], n: int, top: int = 3) -> list[str]:

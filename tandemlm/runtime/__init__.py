@@ -5,7 +5,7 @@ from tandemlm.runtime.backend import Backend, register_backend, registered_backe
 from tandemlm.runtime.cache import CallCache, use_cache
 from tandemlm.runtime.errors import (ArtifactError, BackendError, CapabilityError, CompileError,
                                      ConfigError,
-                                     EvaluationAborted, GraphError, ParseError, PrivacyError,
+                                     EvaluationAborted, EvaluationWarning, GraphError, ParseError, PrivacyError,
                                      RateLimited, ReplayMiss, TandemError, Unavailable)
 from tandemlm.runtime.model import Model
 from tandemlm.runtime.types import (ClassifyRequest, ClassifyResult, Constraint, GenRequest,
@@ -13,7 +13,8 @@ from tandemlm.runtime.types import (ClassifyRequest, ClassifyResult, Constraint,
 
 __all__ = [
     "ArtifactError", "Backend", "BackendError", "CallCache", "CapabilityError", "ClassifyRequest",
-    "ClassifyResult", "CompileError", "ConfigError", "Constraint", "Cost", "EvaluationAborted", "GenRequest",
+    "ClassifyResult", "CompileError", "ConfigError", "Constraint", "Cost", "EvaluationAborted",
+    "EvaluationWarning", "GenRequest",
     "GenResult", "GraphError", "Ledger", "Model", "ModelUsage", "ParseError", "PrivacyError",
     "RateLimited", "ReplayMiss", "ScoreRequest", "ScoreResult", "TandemError", "Unavailable",
     "call_cost", "register_backend", "registered_backends", "request_texts", "require", "supports",

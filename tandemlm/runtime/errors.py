@@ -59,5 +59,9 @@ class EvaluationAborted(TandemError):
     """An evaluation stopped because too many examples failed."""
 
 
+class EvaluationWarning(UserWarning):
+    """An evaluation finished, but most of its examples failed: its score measures failures."""
+
+
 class CompileError(TandemError):
     """A compiler pass cannot run on this pipeline or data (no trainable node, no passing trace)."""

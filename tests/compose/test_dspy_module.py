@@ -284,3 +284,24 @@ def test_dspy_bootstrap_few_shot_compiles_a_pipeline_of_dspy_modules():
     assert [len(p.demos) for _, p in compiled.named_predictors()] == [2]
     assert [r.outputs["answer"] for r in compiled.batch([{"question": "emu"}, {"question": "yak"}])] \
         == ["EMU", "YAK"]
+
+
+def test_a_dspy_module_reports_finished_examples_and_counts_parse_failures():
+    """DSPy's adapter failing to parse (ChatAdapter, then its JSON fallback) is counted as a
+    parse failure of the node; finished examples are reported to a progress listener."""
+    from tandemlm.runtime import progress
+
+    def reply(request):
+        if request_field(request, "question") == "q0":
+            return "no fields at all"
+        return upper(request)
+
+    pipe = Pipeline([dspy.ChainOfThought("question -> answer")], models={"s": scripted(reply=reply)})
+    heard = []
+    rows = [{"question": f"q{i}", "answer": f"Q{i}"} for i in range(4)]
+    with progress.listening(heard.append):
+        result = evaluate(pipe, rows, lambda ex, pred: pred.answer == ex.answer, progress=False)
+    assert result.summary["node_errors"]["chain_of_thought"] == {
+        "runs": 4, "failed": 1, "parse_failed": 1, "recovered": 0}
+    assert any(text.startswith("chain_of_thought: ") and text.endswith("/4 examples done")
+               for text in heard)

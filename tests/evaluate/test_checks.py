@@ -15,7 +15,7 @@ from rich.console import Console
 
 from tandemlm.compose import LMNode, Pipeline
 from tandemlm.evaluate import check_metric, evaluate, exact_match, load_metric, load_program
-from tandemlm.runtime import ConfigError, GenRequest, Model
+from tandemlm.runtime import ConfigError, EvaluationWarning, GenRequest, Model
 from tandemlm.testing import chat_reply, request_field
 
 ROWS = [{"question": "1+1", "answer": "2"}, {"question": "2+2", "answer": "4"},
@@ -184,7 +184,8 @@ def test_a_builder_returning_no_pipeline_is_a_config_error(builders):
 
 def test_when_every_example_fails_the_result_says_why():
     pipe = _calculator(broken="quota exceeded")
-    result = evaluate(pipe, ROWS, exact_match, progress=False)
+    with pytest.warns(EvaluationWarning, match="all 4 examples failed"):
+        result = evaluate(pipe, ROWS, exact_match, progress=False)
     assert result.failure() == "all 4 examples failed"
     (common,) = result.error_counts()
     assert common[1] == 4 and "quota exceeded" in common[0]
@@ -200,7 +201,9 @@ def test_when_every_example_fails_the_result_says_why():
 def test_more_than_half_failed_is_a_failure_half_is_not():
     half = evaluate(_calculator(fail_on={"1+1", "2+2"}), ROWS, exact_match, progress=False)
     assert half.failure() is None and half.summary["errors"] == 2
-    most = evaluate(_calculator(fail_on={"1+1", "2+2", "3+3"}), ROWS, exact_match, progress=False)
+    with pytest.warns(EvaluationWarning, match=r"3 of 4 examples failed \(more than 50%\)"):
+        most = evaluate(_calculator(fail_on={"1+1", "2+2", "3+3"}), ROWS, exact_match,
+                        progress=False)
     assert most.failure() == "3 of 4 examples failed (more than 50%)"
     clean = evaluate(_calculator(), ROWS, exact_match, progress=False)
     assert clean.failure() is None and clean.error_counts() == []

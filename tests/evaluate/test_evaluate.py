@@ -16,7 +16,7 @@ import pytest
 
 from tandemlm.compose import LMNode, Pipeline, Step
 from tandemlm.evaluate import bootstrap_stderr, evaluate, exact_match, load_data, load_object
-from tandemlm.runtime import ConfigError, EvaluationAborted, GenRequest, Model
+from tandemlm.runtime import ConfigError, EvaluationAborted, EvaluationWarning, GenRequest, Model
 
 ROWS = [{"question": "1+1", "answer": "2"}, {"question": "2+2", "answer": "4"},
         {"question": "3+3", "answer": "6"}, {"question": "4+4", "answer": "9"}]
@@ -152,7 +152,8 @@ def test_a_failing_example_and_a_raising_metric_do_not_sink_the_evaluation():
 
 def test_a_metric_returning_a_non_number_is_that_examples_error():
     pipe, _ = _calculator()
-    result = evaluate(pipe, ROWS[:2], lambda e, p, trace=None: "yes", progress=False)
+    with pytest.warns(EvaluationWarning, match="expected a number or bool"):
+        result = evaluate(pipe, ROWS[:2], lambda e, p, trace=None: "yes", progress=False)
     assert all("expected a number or bool" in r.error for r in result.records)
 
 

@@ -127,13 +127,14 @@ def test_a_line_cut_short_by_a_kill_runs_that_example_again(tmp_path):
 
 
 def test_max_errors_counts_resumed_failures(tmp_path):
-    from tandemlm.runtime import EvaluationAborted, Model
+    from tandemlm.runtime import EvaluationAborted, EvaluationWarning, Model
 
     model = Model("scripted", f"f-{uuid.uuid4().hex}", reply=chat_reply(answer="0"),
                   fail=lambda r: True)
     pipe = Pipeline([LMNode("question -> answer", model=model)], name="broken")
     out = tmp_path / "run"
-    evaluate(pipe, ROWS[:3], exact_match, out=out, progress=False)
+    with pytest.warns(EvaluationWarning, match="all 3 examples failed"):
+        evaluate(pipe, ROWS[:3], exact_match, out=out, progress=False)
     with pytest.raises(EvaluationAborted, match=r"3 examples failed \(max_errors=1\).*most common "
                                                 r"\(3 x\)"):
         evaluate(pipe, ROWS[:3], exact_match, out=out, max_errors=1, progress=False)

@@ -9,7 +9,7 @@ import dspy
 import pytest
 
 from tandemlm import LMNode, Model, Pipeline
-from tandemlm.runtime import Constraint, GenRequest
+from tandemlm.runtime import Constraint, GenRequest, progress
 from tandemlm.tiny import build_tiny_lm
 
 pytest.importorskip("llguidance")
@@ -102,3 +102,19 @@ def test_a_last_free_text_field_is_closed_before_the_budget_runs_out(noise_lm):
     assert any(r.finish_reason == "length" for r in cut)
     for result in closed:
         assert ChatAdapter().parse(signature, result.text)["verdict"] in ("yes", "no")
+
+
+def test_latency_is_per_request_and_token_steps_are_reported(noise_lm):
+    """Two requests in one microbatch: the grammar ends the digits row after a few tokens while
+    the free row decodes its whole budget, so the digits request's latency is its own, shorter
+    one, not the microbatch's; the backend reports its token steps to a listener."""
+    model = Model("hf", str(noise_lm), device="cpu", dtype="float32", batch_size=8)
+    prompt = dict(messages=({"role": "user", "content": "say something"},), max_new_tokens=48)
+    heard: list[str] = []
+    with progress.listening(heard.append):
+        free, digits = model.generate([GenRequest(**prompt),
+                                       GenRequest(**prompt, constraint=Constraint("regex", "[0-9]{3}"))])
+    assert free.finish_reason == "length" and free.tokens_out == 48
+    assert digits.finish_reason == "stop" and digits.tokens_out < 10
+    assert 0 < digits.latency_s < free.latency_s / 2
+    assert heard and heard[0].endswith("microbatch 1/1 · token 1/48")

@@ -10,7 +10,7 @@ import pytest
 
 from tandemlm import Model, Pipeline, evaluate
 from tandemlm.modules import Solve
-from tandemlm.runtime import ConfigError, Constraint, GenRequest
+from tandemlm.runtime import ConfigError, Constraint, GenRequest, progress
 
 from openai_server import FaultyServer
 
@@ -48,6 +48,15 @@ def test_chat_and_completion_requests_come_back_in_order_with_usage_and_price(se
     assert paths == ["/v1/chat/completions", "/v1/chat/completions", "/v1/completions"]
     body = next(r["body"] for r in s.received if r["text"] == "a b")
     assert body["model"] == "served-model" and body["max_tokens"] == 256 and "seed" not in body
+
+
+def test_answered_requests_are_reported_to_a_progress_listener_in_order(server):
+    s = server()
+    heard: list[str] = []
+    with progress.listening(heard.append):
+        got = _model(s.url).generate([_chat(f"q{i}") for i in range(6)])
+    assert [r.text for r in got] == [f"echo: q{i}" for i in range(6)]
+    assert heard and heard[0] == "served-model: 1/6 requests answered"
 
 
 def test_every_fault_is_retried_and_nothing_is_lost_or_duplicated(server):

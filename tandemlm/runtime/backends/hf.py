@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
 
-from tandemlm.runtime.backends.hf_prompt import (StopOnStrings, cut_at_stop, decode_continuation,
-                                                 encode_prompt, encode_prompts, left_pad,
-                                                 render_prompt)
+from tandemlm.runtime import progress
+from tandemlm.runtime.backends.hf_prompt import (StepClock, StopOnStrings, cut_at_stop,
+                                                 decode_continuation, encode_prompt, encode_prompts,
+                                                 left_pad, render_prompt)
 from tandemlm.runtime.backends.hf_common import (DTYPES, LOAD_LOCK, TransformersBackend, placement,
                                                  weights_identity)
 from tandemlm.runtime.backends.hf_grammar import GrammarMask, GrammarTokenizer, grammar_text
@@ -200,16 +201,19 @@ class HFBackend(TransformersBackend):
                     results[index] = GenResult.failed(f"{type(ids).__name__}: {ids}")
                 else:
                     groups[self._group_key(request)].append((index, ids))
+            chunks = []
             for items in groups.values():
                 request = requests[items[0][0]]
                 rows = 1 if request.greedy else request.n
                 items.sort(key=lambda item: len(item[1]))
                 step = max(1, self.batch_size // rows)
-                for start in range(0, len(items), step):
-                    chunk = items[start:start + step]
-                    done = self._run_isolated(requests, chunk)
-                    for (index, _), result in zip(chunk, done, strict=True):
-                        results[index] = result
+                chunks += [items[start:start + step] for start in range(0, len(items), step)]
+            label = Path(self.model_id).name or self.model_id
+            for number, chunk in enumerate(chunks, 1):
+                where = f"{label} · microbatch {number}/{len(chunks)}"
+                done = self._run_isolated(requests, chunk, where)
+                for (index, _), result in zip(chunk, done, strict=True):
+                    results[index] = result
             return results  # type: ignore[return-value]
 
     @staticmethod
@@ -255,17 +259,17 @@ class HFBackend(TransformersBackend):
             vocab = self._model.get_output_embeddings().weight.shape[0]
             self._grammar_tokenizer = GrammarTokenizer(self._tokenizer, vocab, self._eos_ids)
 
-    def _run_isolated(self, requests: list[GenRequest],
-                      chunk: list[tuple[int, list[int]]]) -> list[GenResult]:
+    def _run_isolated(self, requests: list[GenRequest], chunk: list[tuple[int, list[int]]],
+                      where: str = "") -> list[GenResult]:
         try:
-            return self._run_microbatch(requests, chunk)
+            return self._run_microbatch(requests, chunk, where)
         except Exception as exc:
             if len(chunk) == 1:
                 return [GenResult.failed(f"{type(exc).__name__}: {exc}")]
-            return [self._run_isolated(requests, [item])[0] for item in chunk]
+            return [self._run_isolated(requests, [item], where)[0] for item in chunk]
 
-    def _run_microbatch(self, requests: list[GenRequest],
-                        chunk: list[tuple[int, list[int]]]) -> list[GenResult]:
+    def _run_microbatch(self, requests: list[GenRequest], chunk: list[tuple[int, list[int]]],
+                        where: str = "") -> list[GenResult]:
         model, tokenizer = self._model, self._tokenizer
         request = requests[chunk[0][0]]
         rows = 1 if request.greedy else request.n
@@ -281,9 +285,10 @@ class HFBackend(TransformersBackend):
         width = input_ids.shape[1]
         stops = tuple(s for s in request.stop if s)
         stopper = StopOnStrings(tokenizer, stops, width, len(prompts)) if stops else None
-        kwargs: dict[str, Any] = {}
-        if stopper is not None:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([stopper])
+        throttle = progress.Throttle()
+        clock = StepClock(lambda k: throttle(lambda: f"{where} · token {k}/{budget}"))
+        kwargs: dict[str, Any] = {"stopping_criteria": StoppingCriteriaList(
+            [clock] if stopper is None else [clock, stopper])}
         processors: list[LogitsProcessor] = [grammar] if grammar is not None else []  # mask first
         if not request.greedy:
             seeds = [row_seed(requests[index].seed, j) for index, _ in chunk for j in range(rows)]
@@ -297,29 +302,33 @@ class HFBackend(TransformersBackend):
         with torch.inference_mode():
             output = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
                                     max_new_tokens=max(1, budget), **kwargs)
-        latency = time.perf_counter() - started
+        ended = time.perf_counter()
         new_tokens = output[:, width:].tolist()
         results = []
         for k, (_, ids) in enumerate(chunk):
-            texts, tokens_out, finished = [], 0, True
+            texts, tokens_out, finished, ready = [], 0, True, started
             for row in range(k * rows, (k + 1) * rows):
                 stopped = stopper.stopped_at[row] if stopper is not None else None
                 ends = (heads[row], grammar.tails[row]) if grammar is not None else ([], [])
-                text, used, done = self._finish_row(ids, new_tokens[row], stopped, stops, *ends)
+                text, used, done, steps = self._finish_row(ids, new_tokens[row], stopped, stops, *ends)
                 texts.append(text)
                 tokens_out += used
                 finished = finished and done
+                ready = max(ready, clock.ready_at(steps, ended))
             if rows != request.n:  # greedy with n > 1: the n sequences are identical
                 texts, tokens_out = texts * request.n, tokens_out * request.n
+            # latency: until this request's last row was done, not the whole microbatch
             results.append(GenResult(texts=texts, tokens_in=len(ids), tokens_out=tokens_out,
-                                     latency_s=latency, finish_reason="stop" if finished else "length"))
+                                     latency_s=ready - started,
+                                     finish_reason="stop" if finished else "length"))
         return results
 
     def _finish_row(self, prompt: list[int], new: list[int], stopped_at: int | None,
                     stops: tuple[str, ...], head: list[int] = (), tail: list[int] = ()
-                    ) -> tuple[str, int, bool]:
-        """(text, tokens used, whether it stopped) for one generated row; `head` and `tail` are
-        output tokens a grammar forced without decoding (see `hf_grammar`)."""
+                    ) -> tuple[str, int, bool, int]:
+        """(text, tokens used, whether it stopped, tokens decoded until it ended) for one
+        generated row; `head` and `tail` are output tokens a grammar forced without decoding
+        (see `hf_grammar`)."""
         eos_at = next((i for i, token in enumerate(new) if token in self._eos_ids), None)
         used, hit_eos = (len(new), False) if eos_at is None else (eos_at + 1, True)
         if stopped_at is not None and stopped_at < used:
@@ -327,7 +336,8 @@ class HFBackend(TransformersBackend):
         body = [*head, *(new[:used - 1] if hit_eos else new[:used]), *(tail if hit_eos else ())]
         text = decode_continuation(self._tokenizer, prompt[-_PREFIX_TOKENS:], body)
         text, hit_stop = cut_at_stop(text, stops)
-        return text, used + len(head) + (len(tail) if hit_eos else 0), hit_eos or hit_stop
+        return (text, used + len(head) + (len(tail) if hit_eos else 0), hit_eos or hit_stop,
+                used)
 
     # ---- token-level mixing --------------------------------------------------------------------
     def next_token_logits(self, requests: list[GenRequest]) -> Any:

@@ -18,8 +18,9 @@ A request carries either chat `messages` or a raw `prompt`:
 
 from __future__ import annotations
 
-from typing import Any
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import StoppingCriteria
@@ -139,3 +140,23 @@ class StopOnStrings(StoppingCriteria):
                 if any(stop in text for stop in self.stops):
                     self.stopped_at[row] = generated
         return torch.tensor([s is not None for s in self.stopped_at], device=input_ids.device)
+
+
+class StepClock(StoppingCriteria):
+    """Never stops a row: notes when each generated token is ready (`times[k]`: token k+1 of
+    every row) so a row's latency is the time its own answer took, not the whole microbatch's,
+    and passes the step to `on_step(done)` (a progress report)."""
+
+    def __init__(self, on_step: Any = None) -> None:
+        self.times: list[float] = []
+        self.on_step = on_step
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        self.times.append(time.perf_counter())
+        if self.on_step is not None:
+            self.on_step(len(self.times))
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def ready_at(self, steps: int, default: float) -> float:
+        """When a row that generated `steps` tokens was done (`default`: if it is not known)."""
+        return self.times[min(steps, len(self.times)) - 1] if steps > 0 and self.times else default

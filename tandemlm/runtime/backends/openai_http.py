@@ -47,12 +47,13 @@ import os
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
+from tandemlm.runtime import progress
 from tandemlm.runtime.backend import Backend
 from tandemlm.runtime.backends.vllm_backend import STRUCTURED_FIELDS  # vLLM's server takes them too
 from tandemlm.runtime.errors import ConfigError
@@ -171,8 +172,12 @@ class OpenAIBackend(Backend):
         if not requests:
             return []
         self._http()
+        throttle = progress.Throttle()
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(requests))) as pool:
-            return list(pool.map(self._one, requests))
+            futures = [pool.submit(self._one, request) for request in requests]
+            for done, _ in enumerate(as_completed(futures), 1):
+                throttle(lambda done=done: f"{self.model_id}: {done}/{len(requests)} requests answered")
+            return [future.result() for future in futures]
 
     def _one(self, request: GenRequest) -> GenResult:
         try:
