@@ -1,18 +1,48 @@
-"""tandemlm: a compiler for LM pipelines in which small models help large ones."""
+"""tandemlm: a compiler for LM pipelines in which small models help large ones.
 
-from tandemlm.compose import DSPyModule, ExampleResult, LMNode, Node, NodeTrace, Pipeline, Step
-from tandemlm.evaluate import EvalResult, evaluate, load_data
-from tandemlm.modules import Solve
-from tandemlm.optimizers import compile, load
-from tandemlm.runtime import (Backend, ConfigError, EvaluationWarning, GenRequest, GenResult, GraphError, Model,
-                              ParseError, ScoreRequest, ScoreResult, TandemError, register_backend)
+The public names load on first use (PEP 562), so `import tandemlm` and the `tandem` command
+start without DSPy, torch or transformers; `from tandemlm import Pipeline` loads what it needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Backend", "ConfigError", "DSPyModule", "EvalResult", "EvaluationWarning", "ExampleResult", "GenRequest", "GenResult",
-    "GraphError", "LMNode", "Model", "Node", "NodeTrace", "ParseError", "Pipeline",
-    "ScoreRequest", "ScoreResult", "Solve", "Step", "TandemError", "compile", "evaluate", "load",
-    "load_data",
-    "register_backend",
-]
+#: public name -> the module that defines it
+_EXPORTS = {
+    **dict.fromkeys(["DSPyModule", "ExampleResult", "LMNode", "Node", "NodeTrace", "Pipeline",
+                     "Step"], "tandemlm.compose"),
+    **dict.fromkeys(["EvalResult", "evaluate", "load_data"], "tandemlm.evaluate"),
+    "Solve": "tandemlm.modules",
+    **dict.fromkeys(["compile", "load"], "tandemlm.optimizers"),
+    **dict.fromkeys(["Backend", "ConfigError", "EvaluationWarning", "GenRequest", "GenResult",
+                     "GraphError", "Model", "ParseError", "ScoreRequest", "ScoreResult",
+                     "TandemError", "register_backend"], "tandemlm.runtime"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from tandemlm.compose import DSPyModule, ExampleResult, LMNode, Node, NodeTrace, Pipeline, Step
+    from tandemlm.evaluate import EvalResult, evaluate, load_data
+    from tandemlm.modules import Solve
+    from tandemlm.optimizers import compile, load
+    from tandemlm.runtime import (Backend, ConfigError, EvaluationWarning, GenRequest, GenResult,
+                                  GraphError, Model, ParseError, ScoreRequest, ScoreResult,
+                                  TandemError, register_backend)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tandemlm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

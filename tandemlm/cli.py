@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from tandemlm.runtime import terminal
-
-from tandemlm.evaluate import EvaluationInterrupted, evaluate, load_metric
-from tandemlm.optimizers import RichReporter, compile
-from tandemlm.optimizers.report import report_table
-from tandemlm.optimizers.specs import load_any_program, parse_passes, spec_source
-from tandemlm.runtime import EvaluationWarning, TandemError
-
+# Only light modules at the top: `tandem --help` must not wait for DSPy, torch or transformers;
+# each command imports what it runs.
+from tandemlm.runtime import TandemError, terminal
 
 
 def _as_flags(params: list) -> list:
@@ -180,6 +174,7 @@ def serve_command(
                                        help="largest request body accepted (413 beyond)"),
 ) -> None:
     """Serve models and compiled pipelines behind OpenAI-compatible endpoints (micro-batched)."""
+    from tandemlm.optimizers.specs import load_any_program
     from tandemlm.runtime import Model
     from tandemlm.serve import api_key_from_env, create_app, exposure_warning
 
@@ -224,12 +219,14 @@ def eval_command(
 ) -> None:
     """Evaluate a program: quality and cost per model. Exits 1 when more than half of the
     examples failed, 130 when interrupted (a re-run with the same --out resumes)."""
+    from tandemlm.evaluate import EvaluationInterrupted, evaluate, load_metric
+    from tandemlm.optimizers.specs import load_any_program
+
     try:
         pipeline = load_any_program(program, trust_source=trust_source, confirm=_ask_to_run)
-        with warnings.catch_warnings():  # the failure is printed below, and exits 1
-            warnings.simplefilter("ignore", EvaluationWarning)
-            result = evaluate(pipeline, data, load_metric(metric), limit=limit, out=out,
-                              batch_size=batch_size, max_errors=max_errors, fresh=fresh)
+        result = evaluate(pipeline, data, load_metric(metric), limit=limit, out=out,
+                          batch_size=batch_size, max_errors=max_errors, fresh=fresh,
+                          warn=False)  # the failure is printed below, and exits 1
     except TandemError as exc:
         _fail(exc)
     except EvaluationInterrupted as exc:
@@ -265,6 +262,11 @@ def compile_command(
     trust_source: bool = typer.Option(False, "--trust-source", help=_TRUST_HELP),
 ) -> None:
     """Compile a program: run passes over its traces and write a loadable artifact."""
+    from tandemlm.evaluate import load_metric
+    from tandemlm.optimizers import RichReporter, compile
+    from tandemlm.optimizers.report import report_table
+    from tandemlm.optimizers.specs import load_any_program, parse_passes, spec_source
+
     try:
         steps = parse_passes(passes)
         pipeline = load_any_program(program, trust_source=trust_source, confirm=_ask_to_run)
@@ -291,6 +293,7 @@ def graph_command(
 ) -> None:
     """Print a program's graph as a Mermaid flowchart (composites drawn with their insides)."""
     from tandemlm.compose.graph_files import write_graph
+    from tandemlm.optimizers.specs import load_any_program
 
     try:
         pipeline = load_any_program(program, trust_source=trust_source, confirm=_ask_to_run)

@@ -21,7 +21,27 @@ def test_import_tandemlm_loads_no_heavy_library():
     assert not [m for m in HEAVY if m in loaded]
 
 
-def test_the_cli_starts_without_heavy_libraries_and_a_model_loads_them_on_use():
-    assert not [m for m in HEAVY if m in _loaded("import tandemlm.cli")]
+def test_the_cli_and_the_bare_package_start_without_dspy_or_heavy_libraries():
+    """`tandem --help` and `import tandemlm` wait for none of them; a name loads its module."""
+    for code in ("import tandemlm.cli", "import tandemlm"):
+        loaded = _loaded(code)
+        assert not [m for m in (*HEAVY, "dspy") if m in loaded], code
+    loaded = _loaded("import tandemlm\ntandemlm.Pipeline")
+    assert "dspy" in loaded and "tandemlm.compose.pipeline" in loaded
+
+
+def test_every_public_name_resolves_and_an_unknown_one_is_an_attribute_error():
+    import pytest
+
+    import tandemlm
+
+    for name in tandemlm.__all__:
+        assert getattr(tandemlm, name) is not None
+    assert set(tandemlm.__all__) <= set(dir(tandemlm))
+    with pytest.raises(AttributeError, match="has no attribute 'Pipelin'"):
+        tandemlm.Pipelin  # noqa: B018
+
+
+def test_a_model_loads_torch_and_transformers_on_use():
     loaded = _loaded("import tandemlm.runtime.backends.hf")
     assert "torch" in loaded and "transformers" in loaded

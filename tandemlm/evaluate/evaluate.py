@@ -127,7 +127,7 @@ def _check_errors(records: dict[int, Record], max_errors: int | None, partial: C
 def evaluate(pipeline: Pipeline, data: str | Path | Iterable[Any], metric: Metric, *,
              batch_size: int = 64, max_errors: int | None = None, limit: int | None = None,
              out: str | Path | None = None, fresh: bool = False,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, warn: bool = True) -> EvalResult:
     """Run `pipeline` over `data`, score each example with `metric`, report quality and cost.
 
     Examples run in chunks of `batch_size`, each chunk stage-batched. A failing example scores
@@ -137,7 +137,8 @@ def evaluate(pipeline: Pipeline, data: str | Path | Iterable[Any], metric: Metri
     runs only the examples not recorded there (`fresh=True` runs all again). Ctrl-C raises
     `EvaluationInterrupted`. No examples, a field the pipeline reads missing from the data, or
     a metric that is not a function (example, prediction[, trace]) are a `ConfigError`. When
-    most examples failed (`EvalResult.failure`), an `EvaluationWarning` says so.
+    most examples failed (`EvalResult.failure`), an `EvaluationWarning` says so (`warn=False`:
+    not, for callers that report the failures themselves).
 
     The progress bar counts finished examples and shows what the running batch is doing (its
     stage and node, the local model's microbatch and token step, HTTP requests answered).
@@ -179,7 +180,8 @@ def evaluate(pipeline: Pipeline, data: str | Path | Iterable[Any], metric: Metri
         if store is not None:
             store.close()
     final = result()
-    _warn_if_failed(final)
+    if warn:
+        _warn_if_failed(final)
     return final
 
 

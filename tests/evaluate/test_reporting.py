@@ -69,6 +69,9 @@ def test_most_examples_failing_warns_with_the_common_error():
                                                r"not parse"):
         result = evaluate(pipe, ROWS, exact_match, progress=False)
     assert "all 6 examples failed" in str(result)
+    with warnings.catch_warnings():  # a caller that reports failures itself
+        warnings.simplefilter("error", EvaluationWarning)
+        assert evaluate(pipe, ROWS, exact_match, progress=False, warn=False).failure()
 
 
 def test_a_healthy_evaluation_does_not_warn_and_prints_one_line():
