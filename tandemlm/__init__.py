@@ -7,6 +7,8 @@ start without DSPy, torch or transformers; `from tandemlm import Pipeline` loads
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -46,3 +48,22 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(types.ModuleType):
+    """Keeps a public name that is also a subpackage's name (`evaluate`) the public object.
+
+    Importing a submodule binds it on its parent package; for `tandemlm.evaluate` that would
+    hide the `evaluate` function from `from tandemlm import evaluate` once anything had imported
+    the subpackage. The binding is skipped for such names, so the lookup reaches `__getattr__`;
+    the subpackage stays reachable through `sys.modules` and `import tandemlm.evaluate`.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType) \
+                and value.__name__ == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

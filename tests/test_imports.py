@@ -45,3 +45,17 @@ def test_every_public_name_resolves_and_an_unknown_one_is_an_attribute_error():
 def test_a_model_loads_torch_and_transformers_on_use():
     loaded = _loaded("import tandemlm.runtime.backends.hf")
     assert "torch" in loaded and "transformers" in loaded
+
+
+def test_a_public_name_shared_with_a_subpackage_stays_the_public_object_in_any_import_order():
+    """`tandemlm.evaluate` is a subpackage and the `evaluate` function: importing the
+    subpackage first (as `compile` does) must not turn `from tandemlm import evaluate` into it."""
+    probe = ("import types, tandemlm.evaluate, tandemlm.optimizers\n"
+             "from tandemlm import compile, evaluate, load_data\n"
+             "import tandemlm\n"
+             "modules = [n for n in tandemlm.__all__ if isinstance(getattr(tandemlm, n), types.ModuleType)]\n"
+             "assert not modules, modules\n"
+             "assert callable(evaluate) and callable(compile) and callable(load_data)\n"
+             "assert tandemlm.evaluate is evaluate\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
