@@ -11,10 +11,11 @@ from tandemlm.modules.private_split import PrivateSplit
 from tandemlm.modules.rank import Rank
 from tandemlm.modules.rectify import Rectify
 from tandemlm.modules.retrieve import Retrieve
+from tandemlm.modules.router import TextRouter
 from tandemlm.modules.score import Score
 from tandemlm.modules.solve import Solve
 from tandemlm.modules.verify import Verify
 
 __all__ = ["Agreement", "AnswerLogprob", "BestOfN", "Cascade", "Decompose", "FeatureJudge", "Judge",
            "LogitMix", "Map", "NodeJudge", "PrivateSplit", "Rank", "Rectify", "Retrieve", "Score", "Solve",
-           "Stage", "Term", "Verify"]
+           "Stage", "Term", "TextRouter", "Verify"]

@@ -5,6 +5,10 @@ batch; the judge scores the answers in one batch; an example whose score reaches
 stops there, the rest move on; the last stage always answers. An example's trace records which
 stage answered, each stage's score and what each stage cost (solver + judge calls).
 
+With a `TextRouter` whose threshold is set, an example enters the chain at the stage the router
+picks from its input (skipping cheaper ones) and goes on from there; a judge threshold of -inf
+accepts every answer of that stage without calling the judge (with a router: pure routing).
+
     cascade = Cascade([
         Stage(Solve(model="small"), judge=Score(model="scorer"), threshold=0.7),
         Stage(Solve(model="large")),
@@ -21,13 +25,14 @@ from tandemlm.compose import Composite, Node, NodeTrace, RunContext
 from tandemlm.compose.node import Fields
 from tandemlm.compose.trace import spent
 from tandemlm.modules.judges import Judge, as_judge
+from tandemlm.modules.router import TextRouter, entries
 from tandemlm.runtime import ConfigError
 
 
 def json_threshold(value: float) -> float | str:
     """A threshold as JSON can hold it: +inf ("never stop at this stage") as the string "inf",
-    which `float()` reads back."""
-    return value if math.isfinite(value) else "inf"
+    -inf ("always stop here, unjudged") as "-inf", which `float()` reads back."""
+    return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 
 @dataclass
@@ -42,7 +47,8 @@ class Stage:
 class Cascade(Composite):
     """Ordered stages of (solver, judge, threshold); see the module docstring."""
 
-    def __init__(self, stages: list[Stage], *, name: str = "cascade") -> None:
+    def __init__(self, stages: list[Stage], *, router: TextRouter | None = None,
+                 name: str = "cascade") -> None:
         super().__init__(name)
         if len(stages) < 2:
             raise ConfigError(f"cascade '{name}' needs at least two stages, got {len(stages)}")
@@ -61,11 +67,19 @@ class Cascade(Composite):
         #: which stages run, in which order (Calibrate may drop or reorder stages); the last one
         #: answers unjudged. Thresholds are indexed by stage, not by position.
         self.order = list(range(len(stages)))
+        self.router = router
+        #: the router's entry threshold (see `TextRouter`); None: every example enters first
+        self.router_threshold: float | None = None
+        if router is not None and not isinstance(router, TextRouter):
+            raise ConfigError(f"cascade '{name}': router must be a TextRouter, got "
+                              f"{type(router).__name__}")
 
     def state(self) -> dict[str, Any]:
         judges = {str(i): j.state() for i, j in enumerate(self.judges) if hasattr(j, "state")}
+        routing = {"router": self.router.state(), "router_threshold": self.router_threshold} \
+            if self.router is not None else {}
         return {"thresholds": [json_threshold(t) for t in self.thresholds], "order": list(self.order),
-                **({"judges": judges} if judges else {})}
+                **({"judges": judges} if judges else {}), **routing}
 
     def set_state(self, state: dict[str, Any]) -> None:
         n = len(self.solvers)
@@ -83,7 +97,25 @@ class Cascade(Composite):
             if not hasattr(judge, "set_state"):
                 raise ConfigError(f"cascade '{self.name}': state for judge {i}, which keeps none")
             judge.set_state(judge_state)
+        self._set_routing(state)
         self.order, self.thresholds = order, thresholds
+
+    def _set_routing(self, state: dict[str, Any]) -> None:
+        threshold = state.get("router_threshold")
+        if ("router" in state or threshold is not None) and self.router is None:
+            raise ConfigError(f"cascade '{self.name}': the saved state routes examples, but this "
+                              f"cascade has no router; build it with Cascade(..., router="
+                              f"TextRouter(...))")
+        if threshold is not None and not (isinstance(threshold, (int, float))
+                                          and math.isfinite(threshold)):
+            raise ConfigError(f"cascade '{self.name}': router_threshold must be a number or "
+                              f"null, got {threshold!r}")
+        if "router" in state:
+            self.router.set_state(state["router"])  # type: ignore[union-attr]
+        if threshold is not None and not self.router.fitted:  # type: ignore[union-attr]
+            raise ConfigError(f"cascade '{self.name}': a router threshold without a fitted "
+                              f"router; compile with TrainRouter first")
+        self.router_threshold = None if threshold is None else float(threshold)
 
     def children(self) -> list[Node]:
         return [*self.solvers, *self.judge_nodes]
@@ -112,7 +144,7 @@ class Cascade(Composite):
 
     @property
     def input_fields(self) -> Fields:
-        fields: Fields = {}
+        fields: Fields = {self.router.field: Any} if self.router is not None else {}
         for solver, judge in zip(self.solvers, self.judges, strict=True):
             fields.update(solver.input_fields)
             if judge is not None:
@@ -127,19 +159,21 @@ class Cascade(Composite):
     def run_batch(self, inputs: list[dict[str, Any]], ctx: RunContext) -> list[NodeTrace]:
         traces = [NodeTrace(node=self.name, inputs=x, info={"scores": [], "stage_costs": []})
                   for x in inputs]
-        pending = list(range(len(inputs)))
+        entry = self._entries(inputs, traces)
+        pending: list[int] = []
         earlier: list[list[dict[str, Any]]] = [[] for _ in inputs]  # answers of stages passed
         last = self.order[-1]
-        for s in self.order:
+        for position, s in enumerate(self.order):
             solver, judge = self.solvers[s], self.judges[s]
+            pending = sorted(pending + [i for i in range(len(inputs)) if entry[i] == position])
             if not pending:
-                break
+                continue
             rows = [{f: inputs[i][f] for f in solver.input_fields} for i in pending]
             answers = ctx.run(solver, rows)
             answered = [k for k, a in enumerate(answers) if a.ok]
             scores: list[float | None] = [None] * len(pending)
             judged: list[NodeTrace | None] = [None] * len(pending)
-            if s != last and answered:
+            if s != last and answered and self.thresholds[s] > -math.inf:
                 got, judge_traces = judge.score(ctx, solver, [inputs[pending[k]] for k in answered],
                                                 [answers[k] for k in answered],
                                                 [earlier[pending[k]] for k in answered])
@@ -152,7 +186,8 @@ class Cascade(Composite):
                 trace.children.extend(paid)
                 trace.info["scores"].append(scores[k])
                 trace.info["stage_costs"].append(spent(paid))
-                accepted = s == last or (scores[k] is not None and scores[k] >= self.thresholds[s])
+                accepted = s == last or self.thresholds[s] == -math.inf or \
+                    (scores[k] is not None and scores[k] >= self.thresholds[s])
                 if answers[k].ok and accepted:
                     trace.outputs, trace.info["answered_by"] = dict(answers[k].outputs), s
                 elif s == last:
@@ -163,3 +198,13 @@ class Cascade(Composite):
                         earlier[i].append(dict(answers[k].outputs))
             pending = still
         return traces
+
+    def _entries(self, inputs: list[dict[str, Any]], traces: list[NodeTrace]) -> list[int]:
+        """Where each example enters the chain: 0 unless the router is on."""
+        if self.router is None or self.router_threshold is None or not inputs:
+            return [0] * len(inputs)
+        chances = self.router.predict(inputs, len(self.solvers))
+        out = entries(chances, self.order, self.router_threshold).tolist()
+        for trace, position in zip(traces, out, strict=True):
+            trace.info["entered_at"] = self.order[position]
+        return out

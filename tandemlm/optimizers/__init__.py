@@ -9,11 +9,12 @@ from tandemlm.optimizers.fit_judges import FitJudges
 from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, select_nodes
 from tandemlm.optimizers.report import PassReport, Reporter, RichReporter
 from tandemlm.optimizers.trace_store import NodeCall, Traces, TraceStore
+from tandemlm.optimizers.train_router import TrainRouter
 from tandemlm.optimizers.train_scorer import TrainRanker, TrainScorer
 from tandemlm.optimizers.train_verifier import TrainVerifier
 from tandemlm.optimizers.tune_mix import TuneMix
 
 __all__ = ["BootstrapDemos", "Calibrate", "CompileContext", "Finetune", "FitJudges", "NodeCall", "Pass",
            "PassReport", "Reporter", "RichReporter", "TraceStore", "Traces", "TrainRanker",
-           "TrainScorer", "TrainVerifier", "TuneMix", "compile", "lm_nodes", "load", "save_program",
+           "TrainRouter", "TrainScorer", "TrainVerifier", "TuneMix", "compile", "lm_nodes", "load", "save_program",
            "select_nodes"]

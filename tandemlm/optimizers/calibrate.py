@@ -31,6 +31,7 @@ from tandemlm.compose import Pipeline
 from tandemlm.optimizers.artifacts import atomic_write
 from tandemlm.optimizers.passes import CompileContext, Pass
 from tandemlm.modules.cascade import Cascade, json_threshold
+from tandemlm.modules.router import entries
 from tandemlm.optimizers.stage_runs import (StageRun, cascade_inputs, cascades, examples_digest,
                                              run_every_stage)
 from tandemlm.optimizers.trace_store import Traces
@@ -48,11 +49,24 @@ class Point:
     #: standard error of the mean per-example difference from the best single stage, counting
     #: one disagreement more than seen (0 for single stages)
     se: float = 0.0
+    #: the router's entry threshold (None: every example enters at the first stage)
+    router: float | None = None
+
+    @property
+    def kind(self) -> str:
+        """"single", "cascade", "router" (each example answered where the router sends it) or
+        "hybrid" (routed into a cascade)."""
+        if len(self.chain) == 1:
+            return "single"
+        if self.router is None:
+            return "cascade"
+        return "router" if all(x == -np.inf for x in self.thresholds) else "hybrid"
 
     def to_dict(self, names: list[str]) -> dict[str, Any]:
         return {"stages": [names[s] for s in self.chain], "order": list(self.chain),
                 "thresholds": [json_threshold(x) for x in self.thresholds], "quality": self.quality,
-                "cost": self.cost, "se": self.se}
+                "cost": self.cost, "se": self.se, "kind": self.kind,
+                **({"router_threshold": self.router} if self.router is not None else {})}
 
 
 
@@ -61,7 +75,7 @@ class _Table:
     """Per-stage arrays over the calibration examples."""
 
     def __init__(self, runs: list[StageRun], judges: list[Any] | None = None,
-                 cross_fit: bool = True) -> None:
+                 cross_fit: bool = True, chances: np.ndarray | None = None) -> None:
         usd = sum(sum(r.usd) + sum(r.judge_usd) for r in runs)
         self.unit = "usd" if usd > 0 else "flops"
         self.runs, self.judges = runs, judges or [None] * len(runs)
@@ -75,6 +89,8 @@ class _Table:
         #: per-example quality a point is compared with (the best single stage's), if set
         self.reference: np.ndarray | None = None
         self._chained: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
+        #: (stages × examples) the router's predicted chance each stage answers right, if routed
+        self.chances = chances
         #: per stage, the judge's out-of-fold copies (example i scored by copy i mod k), if kept
         self.folds: list[Any] = [None] * len(self.judges)
         if cross_fit:
@@ -131,42 +147,101 @@ def _chain_points(t: _Table, chain: tuple[int, ...], grid: int) -> list[Point]:
     return [_point(t, chain, scores, combo) for combo in itertools.product(*grids)]
 
 
-def _point(t: _Table, chain: tuple[int, ...], scores: list[np.ndarray], combo: tuple) -> Point:
-    right, cost = _outcome(t, chain, scores, combo)
+def _point(t: _Table, chain: tuple[int, ...], scores: list[np.ndarray], combo: tuple,
+           router: float | None = None, entry: np.ndarray | None = None) -> Point:
+    right, cost = _outcome(t, chain, scores, combo, entry)
     n = len(right)
     se = 0.0
     if t.reference is not None:  # one more disagreement than seen: no luck on a small set
         d = right - t.reference
         se = float(np.sqrt(((d - d.mean()) ** 2).sum() + 1.0) / n)
-    return Point(chain, tuple(float(x) for x in combo), float(right.mean()), float(cost.mean()), se)
+    return Point(chain, tuple(float(x) for x in combo), float(right.mean()), float(cost.mean()), se,
+                 router)
 
 
-def _outcome(t: _Table, chain: tuple[int, ...], scores: list[np.ndarray],
-             combo: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """Per example: whether the configuration answers right, and what it pays."""
+def _outcome(t: _Table, chain: tuple[int, ...], scores: list[np.ndarray], combo: tuple,
+             entry: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per example: whether the configuration answers right, and what it pays. `entry`: the
+    position each example enters the chain at (the router's choice; default the first)."""
     *judged, last = chain
     n = len(t.correct[last])
-    open_ = np.ones(n, dtype=bool)
+    entry = np.zeros(n, dtype=int) if entry is None else entry
+    open_ = np.zeros(n, dtype=bool)
     right = np.zeros(n)
     cost = np.zeros(n)
-    for s, score, threshold in zip(judged, scores, combo, strict=True):
-        cost += open_ * (t.cost[s] + t.judge_cost[s])
-        stop = open_ & (score >= threshold)
+    for position, (s, score, threshold) in enumerate(zip(judged, scores, combo, strict=True)):
+        open_ |= entry == position
+        unjudged = threshold == -np.inf  # every answer accepted: the judge is not called
+        cost += open_ * (t.cost[s] + (0.0 if unjudged else t.judge_cost[s]))
+        stop = open_ if unjudged else open_ & (score >= threshold)
         right += stop * t.correct[s]
         open_ &= ~stop
+    open_ |= entry == len(chain) - 1
     cost += open_ * t.cost[last]
     right += open_ * t.correct[last]
     return right, cost
 
 
-def _scores(t: _Table, chain: tuple[int, ...]) -> list[np.ndarray]:
-    return [np.nan_to_num(t.score(s, chain[:k]), nan=-np.inf) for k, s in enumerate(chain[:-1])]
+def _scores(t: _Table, chain: tuple[int, ...], entry: np.ndarray | None = None) -> list[np.ndarray]:
+    """Each judged position's scores; with `entry`, each example's judged after the stages it
+    went through only (a routed example skips the stages before its entry)."""
+    out = []
+    for k, s in enumerate(chain[:-1]):
+        if entry is None:
+            raw = t.score(s, chain[:k])
+        else:
+            raw = np.full(len(entry), np.nan)
+            for e in range(k + 1):
+                rows = entry == e
+                if rows.any():
+                    raw[rows] = t.score(s, chain[e:k])[rows]
+        out.append(np.nan_to_num(raw, nan=-np.inf))
+    return out
 
 
-def point_at(t: _Table, chain: list[int], thresholds: list[float]) -> Point:
-    """How one cascade configuration (stage order, each stage's threshold) does on the table."""
+def _entry(t: _Table, chain: tuple[int, ...], router: float | None) -> np.ndarray | None:
+    return None if router is None or t.chances is None else entries(t.chances, chain, router)
+
+
+def outcome(t: _Table, p: Point) -> tuple[np.ndarray, np.ndarray]:
+    """Per example, whether point `p` answers right and what it pays."""
+    entry = _entry(t, p.chain, p.router)
+    return _outcome(t, p.chain, _scores(t, p.chain, entry), p.thresholds, entry)
+
+
+def point_at(t: _Table, chain: list[int], thresholds: list[float],
+             router: float | None = None) -> Point:
+    """How one configuration (stage order, each stage's threshold, the router's threshold) does
+    on the table."""
     chain_ = tuple(chain)
-    return _point(t, chain_, _scores(t, chain_), tuple(float(thresholds[s]) for s in chain_[:-1]))
+    entry = _entry(t, chain_, router)
+    return _point(t, chain_, _scores(t, chain_, entry),
+                  tuple(float(thresholds[s]) for s in chain_[:-1]), router, entry)
+
+
+def _routed_points(t: _Table, chains: list[tuple[int, ...]], cascade_front: list[Point],
+                   grid: int) -> list[Point]:
+    """Pure routing (every chain of stages, each example answered where the router sends it)
+    and hybrids (each cascade on the frontier, entered where the router sends each example), at
+    router thresholds on a grid of its predictions."""
+    seen = t.chances[~np.isnan(t.chances)]
+    if not len(seen):
+        return []
+    taus = [float(x) for x in np.unique(np.quantile(seen, np.linspace(0, 1, grid)))]
+    points = []
+    for chain in chains:
+        unjudged = tuple([-np.inf] * (len(chain) - 1))
+        zeros = [np.zeros(t.chances.shape[1])] * (len(chain) - 1)  # scores unused: every stage accepts
+        for tau in taus:
+            entry = entries(t.chances, chain, tau)
+            points.append(_point(t, chain, zeros, unjudged, tau, entry))
+    for p in cascade_front:
+        if len(p.chain) < 2:
+            continue
+        for tau in taus:
+            entry = entries(t.chances, p.chain, tau)
+            points.append(_point(t, p.chain, _scores(t, p.chain, entry), p.thresholds, tau, entry))
+    return points
 
 
 def robust_choice(t: _Table, points: list[Point], match: float, *, delta: float, tolerance: float,
@@ -196,19 +271,20 @@ def robust_choice(t: _Table, points: list[Point], match: float, *, delta: float,
                          and p.quality >= match * reference.quality - tolerance - 1e-12),
                         key=lambda p: (p.cost, -p.quality))
     for p in candidates:
-        right, _ = _outcome(t, p.chain, _scores(t, p.chain), p.thresholds)
+        right, _ = outcome(t, p)
         if np.mean(weights @ right >= target) >= need:
             return p, reference, tied, tolerance
     return reference, reference, tied, tolerance
 
 
 def cost_quality_points(runs: list[StageRun], judges: list[Any], *, max_stages: int = 3,
-                        grid: int = 25, order: str = "any",
-                        cross_fit: bool = True) -> tuple[_Table, list[Point]]:
+                        grid: int = 25, order: str = "any", cross_fit: bool = True,
+                        chances: np.ndarray | None = None) -> tuple[_Table, list[Point]]:
     """Every chain of up to `max_stages` stages (judged stages first; with order="cost" only
     chains from cheaper to dearer stages) at every threshold combination, scored offline; each
-    point's `se` is the standard error of its per-example difference from the best single stage."""
-    table = _Table(runs, judges, cross_fit)
+    point's `se` is the standard error of its per-example difference from the best single stage.
+    With the router's `chances` (stages × examples), also routers and hybrids (`_routed_points`)."""
+    table = _Table(runs, judges, cross_fit, chances)
     stages = list(range(len(runs)))
     if order == "cost":
         stages.sort(key=lambda s: float(table.cost[s].mean()))
@@ -220,6 +296,10 @@ def cost_quality_points(runs: list[StageRun], judges: list[Any], *, max_stages: 
         for chain in chains(stages, length):
             if all(table.judged[s] for s in chain[:-1]):
                 points += _chain_points(table, chain, grid)
+    if chances is not None:
+        routable = [c for length in range(2, min(max_stages, len(runs)) + 1)
+                    for c in chains(stages, length) if all(judges[s] is not None for s in c[:-1])]
+        points += _routed_points(table, routable, frontier(points), grid)
     return table, points
 
 
@@ -313,25 +393,31 @@ class Calibrate(Pass):
                                + (f" named {', '.join(self.nodes)}" if self.nodes else ""))
         split = ctx.traces(new, "val") if ctx.valset else traces
         for path, cascade in picked.items():
-            runs = run_every_stage(new, path, cascade_inputs(split, path), ctx)
+            rows = cascade_inputs(split, path)
+            runs = run_every_stage(new, path, rows, ctx)
             _require_usable(runs, split, path, "validation" if ctx.valset else "training")
-            chosen, report = self._search(runs, cascade, ctx.seed)
+            chances = router_chances(cascade, [values for _, values in rows], runs,
+                                     cross_fit=self.cross_fit)
+            chosen, report = self._search(runs, cascade, ctx.seed, chances)
             thresholds = list(cascade.thresholds)
             for s, value in zip(chosen.chain, chosen.thresholds, strict=False):
                 thresholds[s] = value
-            cascade.set_state({"order": list(chosen.chain), "thresholds": thresholds})
+            cascade.set_state({"order": list(chosen.chain), "thresholds": thresholds,
+                               **({"router_threshold": chosen.router}
+                                  if cascade.router is not None else {})})
             _save_curve(ctx.artifact_dir("curves", path), report, path)
             ctx.details[path] = {k: v for k, v in report.items() if k != "frontier"}
-            ctx.reporter.note(f"calibrate {path}: {' -> '.join(report['chosen']['stages'])}, "
+            ctx.reporter.note(f"calibrate {path}: {chosen.kind} "
+                              f"{' -> '.join(report['chosen']['stages'])}, "
                               f"quality {chosen.quality:.3f}, cost {chosen.cost:.3g} {report['unit']}")
         return new
 
-    def _search(self, runs: list[StageRun], cascade: Cascade,
-                seed: int = 0) -> tuple[Point, dict[str, Any]]:
+    def _search(self, runs: list[StageRun], cascade: Cascade, seed: int = 0,
+                chances: np.ndarray | None = None) -> tuple[Point, dict[str, Any]]:
         names = [s.name for s in cascade.solvers]
         table, points = cost_quality_points(runs, cascade.judges, max_stages=self.max_stages,
                                             grid=self.grid, order=self.order,
-                                            cross_fit=self.cross_fit)
+                                            cross_fit=self.cross_fit, chances=chances)
         singles = [p for p in points if len(p.chain) == 1]
         best_single = max(singles, key=lambda p: (p.quality, -p.cost))
         extra: dict[str, Any] = {}
@@ -357,9 +443,32 @@ class Calibrate(Pass):
                   "best_single": best_single.to_dict(names), **extra,
                   "singles": [p.to_dict(names) for p in singles],
                   "chosen": chosen.to_dict(names),
+                  "best_by_kind": _best_by_kind(points, chosen, names),
                   "cost_vs_best_single": chosen.cost / best_single.cost if best_single.cost else None,
                   "frontier": [p.to_dict(names) for p in frontier(points)]}
         return chosen, report
+
+
+def router_chances(cascade: Cascade, inputs: list[dict[str, Any]], runs: list[StageRun], *,
+                   cross_fit: bool) -> np.ndarray | None:
+    """The cascade's router predictions on these examples (out-of-fold where it was fitted on
+    them and `cross_fit`), or None when it has no fitted router."""
+    router = cascade.router
+    if router is None or not router.fitted:
+        return None
+    if cross_fit:
+        return router.out_of_fold(inputs, len(cascade.solvers), examples_digest(runs))
+    return router.predict(inputs, len(cascade.solvers))
+
+
+def _best_by_kind(points: list[Point], chosen: Point, names: list[str]) -> dict[str, Any]:
+    """Per kind of configuration (single, cascade, router, hybrid): its cheapest point at least
+    as good as the chosen one, for the report to say what won and by how much."""
+    out: dict[str, Any] = {}
+    for p in sorted(points, key=lambda p: (p.cost, -p.quality)):
+        if p.kind not in out and p.quality >= chosen.quality - 1e-12:
+            out[p.kind] = p.to_dict(names)
+    return out
 
 
 def _require_usable(runs: list[StageRun], split: Traces, path: str, which: str) -> None:

@@ -34,6 +34,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "TrainRanker": "tandemlm.optimizers.train_scorer",
     "TrainVerifier": "tandemlm.optimizers.train_verifier",
     "FitJudges": "tandemlm.optimizers.fit_judges",
+    "TrainRouter": "tandemlm.optimizers.train_router",
     "TuneMix": "tandemlm.optimizers.tune_mix",
     "Calibrate": "tandemlm.optimizers.calibrate",
 }

@@ -41,7 +41,8 @@ from tandemlm.evaluate.loading import load_program
 from tandemlm.modules.cascade import Cascade, json_threshold
 from tandemlm.optimizers import Calibrate, compile
 from tandemlm.optimizers.artifacts import atomic_write
-from tandemlm.optimizers.calibrate import Point, cost_quality_points, frontier, point_at
+from tandemlm.optimizers.calibrate import (Point, cost_quality_points, frontier, point_at,
+                                          router_chances)
 from tandemlm.optimizers.passes import CompileContext
 from tandemlm.optimizers.report import Reporter, RichReporter
 from tandemlm.optimizers.stage_runs import cascade_inputs, cascades, run_every_stage
@@ -154,11 +155,13 @@ def cascade_figures(task: Task, compiled: Any, path: str, cascade: Cascade, cach
     store = TraceStore(task.metric, cache=cache, progress=progress)
     ctx = CompileContext(trainset=task.test, valset=[], metric=task.metric, store=store,
                          out=out / "compiled", reporter=reporter or Reporter())
-    runs = run_every_stage(compiled, path, cascade_inputs(store.run(compiled, task.test), path), ctx)
+    rows = cascade_inputs(store.run(compiled, task.test), path)
+    runs = run_every_stage(compiled, path, rows, ctx)
     calibrate = _calibration(task)
+    chances = router_chances(cascade, [values for _, values in rows], runs, cross_fit=False)
     table, points = cost_quality_points(runs, cascade.judges, max_stages=calibrate.max_stages,
                                         grid=calibrate.grid, order=calibrate.order,
-                                        cross_fit=False)
+                                        cross_fit=False, chances=chances)
     names = [s.name for s in cascade.solvers]
     models = [compiled.resolve(s.model).name if getattr(s, "model", None) is not None else s.name
               for s in cascade.solvers]
@@ -166,7 +169,7 @@ def cascade_figures(task: Task, compiled: Any, path: str, cascade: Cascade, cach
     best = max(singles.values(), key=lambda p: (p.quality, -p.cost))
     near = min((p for p in singles.values() if p.quality >= best.quality - 0.01 - 1e-12),
                key=lambda p: (p.cost, -p.quality))
-    chosen = point_at(table, cascade.order, cascade.thresholds)
+    chosen = point_at(table, cascade.order, cascade.thresholds, cascade.router_threshold)
     parity = [p for p in points if len(p.chain) > 1 and p.quality >= best.quality - 1e-12]
     top_cost = max(p.cost for p in singles.values()) or 1.0
     report = {r.name: r for r in compiled.compile_report}
@@ -185,6 +188,7 @@ def cascade_figures(task: Task, compiled: Any, path: str, cascade: Cascade, cach
         "best_single": single(best), "cheapest_within_1pt": single(near),
         "cascade": {"accuracy": chosen.quality, "cost": chosen.cost,
                     "cost_fraction": chosen.cost / best.cost if best.cost else None,
+                    "kind": chosen.kind, "router_threshold": chosen.router,
                     "stages": [models[s] for s in chosen.chain], "order": list(chosen.chain),
                     "thresholds": [json_threshold(cascade.thresholds[s]) if s != chosen.chain[-1]
                                    else None for s in chosen.chain],
@@ -195,7 +199,7 @@ def cascade_figures(task: Task, compiled: Any, path: str, cascade: Cascade, cach
                                  else None),
         "curve_auc": curve_auc(points, top_cost),
         "singles_auc": curve_auc(list(singles.values()), top_cost),
-        "test_curve": [{"stages": [models[s] for s in p.chain], "cost": p.cost, "quality": p.quality}
+        "test_curve": [{"stages": [models[s] for s in p.chain], "kind": p.kind, "cost": p.cost, "quality": p.quality}
                        for p in frontier(points)],
     }
     if "fit_judges" in report:

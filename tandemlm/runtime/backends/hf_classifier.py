@@ -197,6 +197,32 @@ class HFClassifierBackend(TransformersBackend):
                                         results)
             return results  # type: ignore[return-value]
 
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text, in order: the encoder's last hidden states mean-pooled over the
+        tokens and L2-normalised (sentence-transformers' recipe for all-MiniLM-L6-v2). A text
+        longer than `max_length` keeps its end (a prompt ends with its question)."""
+        with self._lock, self._torch_threads():
+            model, tokenizer = self._load()
+            out: list[list[float]] = [[] for _ in texts]
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+            side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
+            try:
+                for start in range(0, len(order), self.batch_size):
+                    rows = order[start:start + self.batch_size]
+                    batch = tokenizer([str(texts[i]) for i in rows], truncation=True, padding=True,
+                                      max_length=self._max_length, return_tensors="pt")
+                    batch = {k: v.to(model.device) for k, v in batch.items()}
+                    with torch.no_grad():
+                        hidden = model.base_model(**batch).last_hidden_state.float()
+                    mask = batch["attention_mask"].unsqueeze(-1).float()
+                    pooled = torch.nn.functional.normalize((hidden * mask).sum(1)
+                                                           / mask.sum(1).clamp(min=1.0), dim=-1)
+                    for k, i in enumerate(rows):
+                        out[i] = pooled[k].tolist()
+            finally:
+                tokenizer.truncation_side = side
+            return out
+
     def _encode(self, requests: list[ClassifyRequest],
                 results: list[ClassifyResult | None]) -> dict[int, dict[str, list[int]]]:
         """Token ids of every valid request; an invalid request gets its error result."""
