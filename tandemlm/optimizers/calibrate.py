@@ -149,6 +149,9 @@ def _chain_points(t: _Table, chain: tuple[int, ...], grid: int) -> list[Point]:
 
 def _point(t: _Table, chain: tuple[int, ...], scores: list[np.ndarray], combo: tuple,
            router: float | None = None, entry: np.ndarray | None = None) -> Point:
+    """The point (chain, thresholds `combo`, router threshold `router`) on the table. `entry` is
+    where the router at `router` sends each example (`entries`): the caller computed it already
+    for `scores`, which depend on it."""
     right, cost = _outcome(t, chain, scores, combo, entry)
     n = len(right)
     se = 0.0
@@ -385,9 +388,7 @@ class Calibrate(Pass):
 
     def apply(self, pipeline: Pipeline, traces: Traces, ctx: CompileContext) -> Pipeline:
         new = ctx.copy(pipeline)
-        found = cascades(new)
-        picked = {p: c for p, c in found.items() if self.nodes is None or p in self.nodes
-                  or c.name in self.nodes}
+        picked = cascades(new, self.nodes)
         if not picked:
             raise CompileError(f"calibrate: pipeline '{new.name}' has no cascade"
                                + (f" named {', '.join(self.nodes)}" if self.nodes else ""))

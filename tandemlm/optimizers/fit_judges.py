@@ -93,9 +93,7 @@ class FitJudges(Pass):
         new = ctx.copy(pipeline)
         split = ctx.traces(new, "val") if ctx.valset else traces
         fitted = 0
-        for path, cascade in cascades(new).items():
-            if self.nodes is not None and path not in self.nodes and cascade.name not in self.nodes:
-                continue
+        for path, cascade in cascades(new, self.nodes).items():
             stages = [s for s, j in enumerate(cascade.judges) if isinstance(j, FeatureJudge)]
             if not stages:
                 continue

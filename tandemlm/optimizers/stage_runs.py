@@ -57,8 +57,10 @@ def examples_digest(runs: list[StageRun]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def cascades(pipeline: Pipeline) -> dict[str, Cascade]:
-    return {p: n for p, n in node_paths(pipeline).items() if isinstance(n, Cascade)}
+def cascades(pipeline: Pipeline, nodes: list[str] | None = None) -> dict[str, Cascade]:
+    """The pipeline's cascades by path; with `nodes`, only those named there (by path or name)."""
+    return {p: n for p, n in node_paths(pipeline).items() if isinstance(n, Cascade)
+            and (nodes is None or p in nodes or n.name in nodes)}
 
 
 def cascade_inputs(traces: Traces, path: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:

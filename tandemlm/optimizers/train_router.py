@@ -57,9 +57,8 @@ class TrainRouter(Pass):
         new = ctx.copy(pipeline)
         split = ctx.traces(new, "val") if ctx.valset else traces
         fitted = 0
-        for path, cascade in cascades(new).items():
-            if cascade.router is None or (self.nodes is not None and path not in self.nodes
-                                          and cascade.name not in self.nodes):
+        for path, cascade in cascades(new, self.nodes).items():
+            if cascade.router is None:
                 continue
             rows = cascade_inputs(split, path)
             if len(rows) < 2 * self.folds:

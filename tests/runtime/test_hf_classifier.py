@@ -129,6 +129,26 @@ def test_batched_equals_one_by_one(minilm):
     assert len({r.latency_s for r in batched}) == 2  # one latency per microbatch
 
 
+def test_embed_is_the_mean_pooled_encoder_and_keeps_recent_texts(monkeypatch):
+    import tandemlm.runtime.backends.hf_classifier as hf_classifier
+
+    backend = HFClassifierBackend(str(minilm_path()), device="cpu", batch_size=2)
+    texts = ["the cat sat on the mat", "a much longer sentence about rivers and stone bridges",
+             "the cat sat on the mat", "short"]
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    encoder = AutoModelForSequenceClassification.from_pretrained(minilm_path()).base_model.eval()
+    with torch.no_grad():
+        manual = [torch.nn.functional.normalize(
+            encoder(**tokenizer(t, return_tensors="pt")).last_hidden_state.mean(1)[0], dim=-1)
+            for t in texts]
+    got = backend.embed(texts)
+    assert torch.allclose(torch.tensor(got), torch.stack(manual), atol=1e-5)
+    assert got[0] == got[2] and len(backend._embedded) == 3  # one forward pass per distinct text
+    monkeypatch.setattr(hf_classifier, "EMBED_CACHE", 3)
+    again = backend.embed(["brand new text"] + texts[::-1])  # kept vectors are served as computed
+    assert again[1:] == got[::-1] and len(backend._embedded) == 3
+
+
 def test_a_bare_encoder_gets_the_same_seeded_head_in_every_instance(tiny_bare):
     torch.manual_seed(123)  # the caller's random state neither matters nor is disturbed
     state = torch.get_rng_state()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +37,7 @@ from tandemlm.runtime.types import ClassifyRequest, ClassifyResult, GenRequest, 
 _OPTIONS = ("device", "dtype", "batch_size", "num_labels", "max_length", "trust_remote_code",
             "threads")
 _HEAD_INIT_SEED = 0
+EMBED_CACHE = 20_000  # texts whose embeddings a backend keeps (~30 MB at 384 dimensions)
 
 
 def minilm_path() -> Path:
@@ -128,6 +130,7 @@ class HFClassifierBackend(TransformersBackend):
         self._model: Any = None
         self._tokenizer: Any = None
         self._max_length = 512
+        self._embedded: OrderedDict[str, Any] = OrderedDict()  # text -> vector, see embed
 
     # ---- loading -------------------------------------------------------------------------------
 
@@ -200,16 +203,26 @@ class HFClassifierBackend(TransformersBackend):
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One vector per text, in order: the encoder's last hidden states mean-pooled over the
         tokens and L2-normalised (sentence-transformers' recipe for all-MiniLM-L6-v2). A text
-        longer than `max_length` keeps its end (a prompt ends with its question)."""
+        longer than `max_length` keeps its end (a prompt ends with its question). The last
+        `EMBED_CACHE` texts' vectors are kept: a compile embeds the same rows in several passes
+        (the served weights never change, so a kept vector stays right)."""
         with self._lock, self._torch_threads():
             model, tokenizer = self._load()
             out: list[list[float]] = [[] for _ in texts]
-            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+            todo: dict[str, list[int]] = {}
+            for i, text in enumerate(texts):
+                text = str(text)
+                if text in self._embedded:
+                    self._embedded.move_to_end(text)
+                    out[i] = self._embedded[text].tolist()
+                else:
+                    todo.setdefault(text, []).append(i)
+            order = sorted(todo, key=len)
             side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
             try:
                 for start in range(0, len(order), self.batch_size):
                     rows = order[start:start + self.batch_size]
-                    batch = tokenizer([str(texts[i]) for i in rows], truncation=True, padding=True,
+                    batch = tokenizer(rows, truncation=True, padding=True,
                                       max_length=self._max_length, return_tensors="pt")
                     batch = {k: v.to(model.device) for k, v in batch.items()}
                     with torch.no_grad():
@@ -217,8 +230,13 @@ class HFClassifierBackend(TransformersBackend):
                     mask = batch["attention_mask"].unsqueeze(-1).float()
                     pooled = torch.nn.functional.normalize((hidden * mask).sum(1)
                                                            / mask.sum(1).clamp(min=1.0), dim=-1)
-                    for k, i in enumerate(rows):
-                        out[i] = pooled[k].tolist()
+                    for k, text in enumerate(rows):
+                        vector = pooled[k].cpu().numpy()
+                        for i in todo[text]:
+                            out[i] = vector.tolist()
+                        self._embedded[text] = vector
+                        if len(self._embedded) > EMBED_CACHE:
+                            self._embedded.popitem(last=False)
             finally:
                 tokenizer.truncation_side = side
             return out
