@@ -83,7 +83,8 @@ class TrainRouter(Pass):
             ctx.details[path] = {**ctx.details.get(path, {}), "router": report}
             ctx.reporter.note(f"{self.name} {path}: out-of-fold AUC "
                               + ", ".join(f"{name} {_fmt(r['held_out_auc'])}"
-                                          for name, r in report.items()))
+                                          for name, r in report.items())
+                              + " (— : the input does not predict it; a constant model)")
             fitted += 1
         if not fitted:
             raise CompileError(f"{self.name}: pipeline '{new.name}' has no cascade with a router; "
@@ -108,7 +109,9 @@ class TrainRouter(Pass):
             full = _constant(y, width)
         else:
             full = _model(logistic(x, y, float(best.split("=")[1])))
-        report = {"model": best, "held_out_auc": auc(list(np.round(held[best], 9)), list(y)),
+        # a constant model ranks nothing: its fold means would give a meaningless AUC
+        report = {"model": best, "held_out_auc": None if best == "constant"
+                  else auc(list(np.round(held[best], 9)), list(y)),
                   "held_out_log_loss": loss[best], "constant_log_loss": loss["constant"],
                   "accuracy": float(y.mean())}
         return [full, *candidates[best]], report

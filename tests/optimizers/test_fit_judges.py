@@ -45,6 +45,22 @@ def test_logistic_regression_recovers_known_weights():
     assert w == pytest.approx([1.5, -2.0, 0.5], abs=0.15)
 
 
+def test_logistic_regression_with_more_features_than_rows_solves_in_their_span():
+    """The row-space solution is the full solution: same weights, same predictions."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 300))
+    y = (x[:, 0] + 0.3 * rng.normal(size=40) > 0).astype(float)
+    fast = logistic(x, y, l2=3.0)
+    full = logistic(np.hstack([x, np.zeros((40, 300))]), y, l2=3.0)  # 600 > 2 * 40 as well
+    xx = np.hstack([x, np.ones((40, 1))])
+    ridge = 3.0 * np.eye(301)
+    ridge[-1, -1] = 0.0
+    p = 1 / (1 + np.exp(-xx @ fast))
+    assert np.abs(xx.T @ (p - y) + ridge @ fast).max() < 1e-6  # the gradient vanishes: the optimum
+    assert np.allclose(full[:300], fast[:300]) and np.allclose(full[300:600], 0.0)
+    assert full[-1] == pytest.approx(fast[-1])
+
+
 def test_agreement_wins_on_overruling_and_the_cascade_lets_cheap_stages_vote(tmp_path):
     rows = _rows(EXCERPT)
     train = rows[0::2]

@@ -26,7 +26,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = root / "data"
     data.mkdir()
     shutil.copy(packaged_data("overruling_excerpt.jsonl"), data / "overruling_all.jsonl")
-    run_suite(suite(data, scorer=False), root / "run", progress=False)
+    run_suite(suite(data, scorer=False, router=False), root / "run", progress=False)
     return root / "run"
 
 

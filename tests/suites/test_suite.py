@@ -138,6 +138,8 @@ def test_single_models_and_the_cascade_are_measured_on_the_real_recorded_answers
     assert cascade["accuracy"] == pytest.approx(task["metric"]["value"])
     assert cascade["cost"] == pytest.approx(task["cost"]["per_example_usd"])
     assert cascade["cost_fraction"] == pytest.approx(cascade["cost"] / best["cost"])
+    assert cascade["kind"] in ("single", "cascade", "router", "hybrid")  # the replay default routes
+    assert "TrainRouter" in json.dumps(task["passes"])
     assert cascade["train_accuracy"] >= cascade["train_target"] - 1e-9  # chosen on train only
     near = task["cheapest_within_1pt"]
     assert near["accuracy"] >= best["accuracy"] - 0.01 and near["cost"] <= best["cost"]
@@ -166,7 +168,7 @@ def test_config_hash_follows_what_determines_the_results(data_dir):
 
 
 def test_a_failing_task_is_recorded_and_the_others_still_run(data_dir, tmp_path):
-    replay = suite(data_dir, scorer=False)
+    replay = suite(data_dir, scorer=False, router=False)  # the router's fit is tested above
     broken = replay.task("lone")
     broken.program = "tandemlm.suites.replay:build(models=['no-such-model', 'gpt-4'], data=[])"
     replay.tasks["lone"] = broken
