@@ -392,7 +392,7 @@ class Calibrate(Pass):
         if not picked:
             raise CompileError(f"calibrate: pipeline '{new.name}' has no cascade"
                                + (f" named {', '.join(self.nodes)}" if self.nodes else ""))
-        split = ctx.traces(new, "val") if ctx.valset else traces
+        split = ctx.calibration_traces(new, traces)
         for path, cascade in picked.items():
             rows = cascade_inputs(split, path)
             runs = run_every_stage(new, path, rows, ctx)

@@ -102,7 +102,7 @@ class FitJudges(Pass):
 
     def apply(self, pipeline: Pipeline, traces: Traces, ctx: CompileContext) -> Pipeline:
         new = ctx.copy(pipeline)
-        split = ctx.traces(new, "val") if ctx.valset else traces
+        split = ctx.calibration_traces(new, traces)
         fitted = 0
         for path, cascade in cascades(new, self.nodes).items():
             stages = [s for s, j in enumerate(cascade.judges) if isinstance(j, FeatureJudge)]

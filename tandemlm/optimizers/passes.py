@@ -63,6 +63,11 @@ class CompileContext:
         """Run `pipeline` on the trainset (or "val") through the shared call cache."""
         return self.store.run(pipeline, self.trainset if split == "train" else self.valset)
 
+    def calibration_traces(self, pipeline: Pipeline, traces: Traces) -> Traces:
+        """The traces a pass fits judges, routers or thresholds on: `pipeline` run on the valset
+        when the compile has one, else `traces` (the train split's)."""
+        return self.traces(pipeline, "val") if self.valset else traces
+
     def artifact_dir(self, kind: str, name: str) -> Path:
         """A fresh directory `out/<kind>/<index>-<name>` for files this pass writes (adapters,
         scorers, curves); `name` may be a node path ("cascade/judge_0" -> "cascade_judge_0").

@@ -55,7 +55,7 @@ class TrainRouter(Pass):
 
     def apply(self, pipeline: Pipeline, traces: Traces, ctx: CompileContext) -> Pipeline:
         new = ctx.copy(pipeline)
-        split = ctx.traces(new, "val") if ctx.valset else traces
+        split = ctx.calibration_traces(new, traces)
         fitted = 0
         for path, cascade in cascades(new, self.nodes).items():
             if cascade.router is None:
