@@ -100,8 +100,7 @@ class TextRouter:
         for key, model in stages.items():
             s = int(key)
             if s < n_stages:
-                z = x @ np.asarray(model["weights"]) + float(model["bias"])
-                out[s] = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+                out[s] = chance(model, x)
         return out
 
     def fold_routers(self, examples: str) -> list["TextRouter"] | None:
@@ -165,6 +164,13 @@ class TextRouter:
 
     def _embedding_width(self) -> int:
         return len(self.encoder.backend.embed(["width"])[0])  # type: ignore[union-attr]
+
+
+def chance(model: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    """One stage's model ({"weights", "bias"}) on feature rows `x`: the predicted chance of
+    answering right."""
+    z = x @ np.asarray(model["weights"]) + float(model["bias"])
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
 
 def _valid(key: Any, model: Any, width: int) -> bool:

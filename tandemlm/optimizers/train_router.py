@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tandemlm.compose import Pipeline
+from tandemlm.modules.router import chance
 from tandemlm.optimizers.fit_judges import logistic
 from tandemlm.optimizers.passes import CompileContext, Pass
 from tandemlm.optimizers.stage_runs import cascade_inputs, cascades, examples_digest, run_every_stage
@@ -131,8 +132,7 @@ def _held_out(x: np.ndarray, fold: np.ndarray, fitted: list[dict]) -> np.ndarray
     out = np.zeros(len(x))
     for f, model in enumerate(fitted):
         rows = fold == f
-        w = np.asarray(model["weights"])
-        out[rows] = 1.0 / (1.0 + np.exp(-np.clip(x[rows] @ w + model["bias"], -50, 50)))
+        out[rows] = chance(model, x[rows])
     return out
 
 
