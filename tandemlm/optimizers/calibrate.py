@@ -18,6 +18,7 @@ Cost is USD where the stages report it (recorded/API models), else estimated FLO
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from collections import Counter
@@ -136,15 +137,87 @@ class _Table:
 COMBINATIONS = 4096
 
 
+#: examples × combinations in one array at most (several such float arrays are alive at once)
+BLOCK = 250_000
+
+
 def _chain_points(t: _Table, chain: tuple[int, ...], grid: int) -> list[Point]:
-    """Every threshold combination of one chain, evaluated on all examples at once."""
+    """Every threshold combination of one chain, in the order of `itertools.product` over the
+    stages' threshold grids, with the figures `_point` gives one at a time (quality exactly; cost
+    and `se` up to rounding).
+
+    The combinations of all judged stages but the last are run as (combinations × examples)
+    arrays; the last judged stage's whole grid is then read off cumulative sums over the examples
+    sorted by its score (an example stops there iff its score reaches the threshold), so the work
+    is one array pass per combination of the earlier stages, not per combination."""
     judged = chain[:-1]
-    if judged:
-        grid = max(2, min(grid, round(COMBINATIONS ** (1 / len(judged)))))
+    if not judged:
+        return [_point(t, chain, [], ())]
+    grid = max(2, min(grid, round(COMBINATIONS ** (1 / len(judged)))))
     raw = [t.score(s, chain[:k]) for k, s in enumerate(judged)]
     grids = [t.thresholds(r, grid) for r in raw]
     scores = [np.nan_to_num(r, nan=-np.inf) for r in raw]
-    return [_point(t, chain, scores, combo) for combo in itertools.product(*grids)]
+    head = list(itertools.product(*grids[:-1]))
+    heads = np.array(head, dtype=float).reshape(len(head), len(judged) - 1)
+    *_, s, last = chain
+    n, last_grid = len(t.correct[last]), grids[-1]
+    order = np.argsort(scores[-1], kind="stable")
+    # per threshold, the first example (in score order) that stops at s: those from it on do
+    at = np.searchsorted(scores[-1][order], last_grid, side="left")
+    split = functools.partial(_split, order=order, at=at)
+    reference, step, points = t.reference, max(1, BLOCK // max(n, 1)), []
+    for start in range(0, len(heads), step):
+        block = heads[start:start + step]
+        open_, right, cost = _through(t, judged[:-1], scores[:-1], block, n)
+        cost += open_ * (t.cost[s] + t.judge_cost[s])
+        total = right.sum(axis=1, keepdims=True) + split(open_ * t.correct[s], open_ * t.correct[last])
+        paid = cost.sum(axis=1, keepdims=True) + split(None, open_ * t.cost[last])
+        unjudged = last_grid == -np.inf  # every answer accepted: the judge is not called
+        if unjudged.any():
+            paid[:, unjudged] -= (open_ * t.judge_cost[s]).sum(axis=1, keepdims=True)
+        se = np.zeros_like(total)
+        if reference is not None:  # as in `_point`; right is 0 where open, so squares split too
+            squares = (right ** 2).sum(axis=1, keepdims=True) + split(
+                open_ * t.correct[s] ** 2, open_ * t.correct[last] ** 2)
+            cross = (right * reference).sum(axis=1, keepdims=True) + split(
+                open_ * t.correct[s] * reference, open_ * t.correct[last] * reference)
+            d = total - reference.sum()
+            d2 = squares - 2 * cross + (reference ** 2).sum()
+            se = np.sqrt(np.maximum(d2 - d ** 2 / n, 0.0) + 1.0) / n
+        for row, totals, paids, ses in zip(block.tolist(), total.tolist(), paid.tolist(), se.tolist()):
+            points += [Point(chain, (*row, threshold), q / n, c / n, e)
+                       for threshold, q, c, e in zip(last_grid.tolist(), totals, paids, ses)]
+    return points
+
+
+def _split(stop: np.ndarray | None, go_on: np.ndarray, order: np.ndarray,
+           at: np.ndarray) -> np.ndarray:
+    """(combinations × thresholds) sums over the examples, of `stop` where the example stops at
+    the stage (from position `at[j]` of the score `order` on, for threshold j) and of `go_on`
+    where it goes on; both arrays are zero where an example is no longer open."""
+    rest = np.cumsum(np.pad(go_on[:, order], ((0, 0), (1, 0))), axis=1)[:, at]
+    if stop is None:
+        return rest
+    stops = np.cumsum(np.pad(stop[:, order], ((0, 0), (1, 0))), axis=1)
+    return stops[:, -1:] - stops[:, at] + rest
+
+
+def _through(t: _Table, stages: tuple[int, ...], scores: list[np.ndarray], combos: np.ndarray,
+             n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every example entering at the first of the judged `stages`, at the thresholds of each row
+    of `combos`: (combinations × examples) arrays of whether it is still open after them, whether
+    it was answered right, and what it paid (as `_outcome`)."""
+    shape = (len(combos), n)
+    open_ = np.ones(shape, dtype=bool)
+    right, cost = np.zeros(shape), np.zeros(shape)
+    for position, (s, score) in enumerate(zip(stages, scores, strict=True)):
+        threshold = combos[:, position:position + 1]
+        unjudged = threshold == -np.inf
+        cost += open_ * (t.cost[s] + np.where(unjudged, 0.0, t.judge_cost[s]))
+        stop = open_ & (unjudged | (score >= threshold))
+        right += stop * t.correct[s]
+        open_ &= ~stop
+    return open_, right, cost
 
 
 def _point(t: _Table, chain: tuple[int, ...], scores: list[np.ndarray], combo: tuple,

@@ -245,3 +245,40 @@ def test_delta_chooses_the_cheapest_point_that_holds_in_most_resamples(data):
         Calibrate(match=1.0, delta=0.7)
     with pytest.raises(ConfigError, match="match target only"):
         Calibrate(budget=1.0, delta=0.1)
+
+
+@pytest.mark.parametrize("block", [250_000, 70])
+def test_chain_points_in_arrays_equal_the_point_by_point_evaluation(monkeypatch, block):
+    # Synthetic stage arrays (random correctness, costs and scores with gaps and ties): the array
+    # search must give the figures of `_point`, one configuration at a time, in the same order
+    # (quality exactly, cost and se up to rounding), also when the combinations are cut into blocks.
+    import itertools
+
+    import numpy as np
+
+    from tandemlm.optimizers import calibrate
+    from tandemlm.optimizers.stage_runs import StageRun
+
+    rng = np.random.default_rng(3)
+    n = 53
+    runs = []
+    for s in range(4):
+        scores = [None if rng.random() < 0.1 else round(float(x), 1) for x in rng.random(n)]
+        runs.append(StageRun(s, f"m{s}", [], list(rng.random(n) < 0.4 + 0.15 * s),
+                             list(rng.random(n) * 10.0 ** (s - 4)), [0.0] * n, scores,
+                             [None] * n, list(rng.random(n) * 1e-6), [0.0] * n))
+    table = calibrate._Table(runs, cross_fit=False)
+    table.reference = table.correct[3]
+    monkeypatch.setattr(calibrate, "BLOCK", block)
+    for chain in [(2,), (0, 3), (1, 0, 3), (0, 1, 2, 3)]:
+        got = calibrate._chain_points(table, chain, grid=6)
+        raw = [table.score(s, chain[:k]) for k, s in enumerate(chain[:-1])]
+        grids = [table.thresholds(r, 6) for r in raw]
+        scores = [np.nan_to_num(r, nan=-np.inf) for r in raw]
+        want = [calibrate._point(table, chain, scores, combo) for combo in itertools.product(*grids)]
+        assert [(p.chain, p.thresholds, p.quality) for p in got] == \
+            [(p.chain, p.thresholds, p.quality) for p in want]
+        for field in ("cost", "se"):
+            assert [getattr(p, field) for p in got] == pytest.approx(
+                [getattr(p, field) for p in want], rel=1e-12, abs=1e-15)
+        assert len(got) > 1 or len(chain) == 1
