@@ -212,6 +212,26 @@ def test_bad_requests_fail_alone_and_long_pairs_are_truncated(minilm):
     assert minilm.classify([]) == []
 
 
+def test_truncation_side_left_keeps_the_end_of_a_long_prompt():
+    """A few-shot prompt ends with its question: cut at its start ("left"), two prompts that
+    differ only in their opening score alike and two that differ in their last words do not;
+    the default cuts the end instead, so there it is the other way round."""
+    shots = " ".join(f"example {i} says yes." for i in range(60))
+    def requests(opening, question):
+        return [ClassifyRequest(f"{opening} {shots} {question}", "yes")]
+    def scores(side):
+        backend = HFClassifierBackend(str(minilm_path()), device="cpu", max_length=32,
+                                      truncation_side=side)
+        return [backend.classify(requests(o, q))[0].positive
+                for o, q in (("alpha", "is the sky green?"), ("omega", "is the sky green?"),
+                             ("alpha", "is grass red?"))]
+    left, right = scores("left"), scores("right")
+    assert left[0] == pytest.approx(left[1], abs=1e-6) and left[0] != pytest.approx(left[2], abs=1e-6)
+    assert right[0] == pytest.approx(right[2], abs=1e-6) and right[0] != pytest.approx(right[1], abs=1e-6)
+    with pytest.raises(ConfigError, match="truncation_side"):
+        HFClassifierBackend(str(minilm_path()), truncation_side="middle")
+
+
 def test_generate_fails_every_request_with_a_reason(minilm):
     results = minilm.generate([GenRequest(prompt="hi"), GenRequest(prompt="there")])
     assert [r.ok for r in results] == [False, False]

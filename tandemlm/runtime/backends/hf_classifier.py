@@ -7,7 +7,9 @@ scorer or ranker, like Cappy's RoBERTa or MindAct's DeBERTa), batched, on CPU or
     trained = Model("hf-classifier", "out/scorer")
 
 `text` and `text_pair` are cross-encoded (`[CLS] text [SEP] text_pair [SEP]` for BERT), truncated
-to the model's maximum length. A one-output head is read through a sigmoid (binary relevance or a
+to the model's maximum length: tokens go from the longer of the two, at its end by default
+(`truncation_side="right"`) or at its start (`"left"`: a few-shot prompt keeps the question it ends
+with, a worked answer the result it ends with). A one-output head is read through a sigmoid (binary relevance or a
 regression score); a head with 2+ outputs through a softmax, the last label being "positive".
 
 A bare encoder (a checkpoint without a classification head, such as all-MiniLM-L6-v2) gets a
@@ -34,10 +36,11 @@ from tandemlm.runtime.threads import check_threads
 from tandemlm.runtime.train import fit
 from tandemlm.runtime.types import ClassifyRequest, ClassifyResult, GenRequest, GenResult
 
-_OPTIONS = ("device", "dtype", "batch_size", "num_labels", "max_length", "trust_remote_code",
-            "threads")
+_OPTIONS = ("device", "dtype", "batch_size", "num_labels", "max_length", "truncation_side",
+            "trust_remote_code", "threads")
 _HEAD_INIT_SEED = 0
 EMBED_CACHE = 20_000  # texts whose embeddings a backend keeps (~30 MB at 384 dimensions)
+BUCKET = 4  # training batches whose pairs are grouped by length (see _training_batches)
 
 
 def minilm_path() -> Path:
@@ -94,6 +97,9 @@ class HFClassifierBackend(TransformersBackend):
         num_labels: head outputs: 1 = one sigmoid score, 2+ = softmax over labels. Default: the
             checkpoint's own head size, or 1 for a bare encoder.
         max_length: truncate each (text, text_pair) to this many tokens (default: the model's).
+        truncation_side: where a text too long loses its tokens: "right" (its end, transformers'
+            default) or "left" (its start; for inputs that end with what matters, such as a
+            few-shot prompt ending with its question). Training and scoring cut alike.
         trust_remote_code: passed to `from_pretrained`.
         threads: torch's intra-op threads while this backend classifies or trains; "auto"/None
             (default): on CPU, torch's own count lowered to the cores other processes leave free.
@@ -107,7 +113,8 @@ class HFClassifierBackend(TransformersBackend):
 
     def __init__(self, model_id: str, *, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 32, num_labels: int | None = None, max_length: int | None = None,
-                 trust_remote_code: bool = False, threads: int | str | None = None,
+                 truncation_side: str = "right", trust_remote_code: bool = False,
+                 threads: int | str | None = None,
                  **unknown: Any) -> None:
         if unknown:
             raise ConfigError(f"unknown option(s) {', '.join(map(repr, sorted(unknown)))} for backend "
@@ -119,12 +126,17 @@ class HFClassifierBackend(TransformersBackend):
         _check_int("batch_size", batch_size, 1)
         _check_int("num_labels", num_labels, 1)
         _check_int("max_length", max_length, 2)
+        if truncation_side not in ("right", "left"):
+            raise ConfigError(f"truncation_side must be 'right' (cut a long text's end) or 'left' "
+                              f"(cut its start), got {truncation_side!r}")
         self.threads = check_threads(threads, "hf-classifier")
         super().__init__(model_id, device=device, dtype=dtype, batch_size=batch_size,
                          num_labels=num_labels, max_length=max_length,
-                         trust_remote_code=trust_remote_code, threads=threads)
+                         truncation_side=truncation_side, trust_remote_code=trust_remote_code,
+                         threads=threads)
         self.device_option, self.dtype_option = device, dtype
         self.batch_size, self.max_length_option = batch_size, max_length
+        self.truncation_side = truncation_side
         self.num_labels_option, self.trust_remote_code = num_labels, trust_remote_code
         self._lock = threading.RLock()  # guards loading and serialises use of the one model
         self._model: Any = None
@@ -170,6 +182,7 @@ class HFClassifierBackend(TransformersBackend):
         except Exception as exc:  # missing files, bad config, head size mismatch, corrupt weights
             raise ConfigError(f"could not load model '{self.model_id}' as a sequence classifier "
                               f"(backend 'hf-classifier'): {exc}") from exc
+        tokenizer.truncation_side = self.truncation_side  # training and scoring cut alike
         if tokenizer.pad_token_id is None:  # decoder-style encoders (GPT-2) have no pad token
             tokenizer.pad_token = tokenizer.eos_token
         if model.config.pad_token_id is None:
@@ -370,8 +383,14 @@ def _tokenize(tokenizer: Any, items: list[tuple[str, str | None]], max_length: i
 
 def _training_batches(tokenizer: Any, pairs: list[tuple[str, str | None]], targets: torch.Tensor,
                       batch_size: int, max_length: int, seed: int, device: str) -> list[tuple[Any, Any]]:
-    """Padded (inputs, targets) batches; membership is a seeded shuffle, fixed for all epochs so a
-    frozen encoder's outputs can be computed once per batch."""
+    """Padded (inputs, targets) batches; membership is fixed for all epochs, so a frozen
+    encoder's outputs can be computed once per batch. Members are drawn by a seeded shuffle, then
+    within each window of `BUCKET` batches' worth of pairs sorted by length before they are cut
+    into batches: a batch pads to its longest pair, and randomly mixed lengths padded OVERRULING
+    questions to 1.75x their tokens (1.17x in windows of 4 batches: `tandem demo` 240 s -> 187 s).
+    Longer windows pad less but make batches of alike questions: with 32 (1.03x) the demo's judge
+    learnt less (held-out AUC 0.916 against 0.946 and 0.951). fit() still visits the batches in a
+    seeded random order."""
     bad = [i for i, (text, second) in enumerate(pairs)
            if not isinstance(text, str) or not (second is None or isinstance(second, str))]
     if bad:
@@ -379,6 +398,9 @@ def _training_batches(tokenizer: Any, pairs: list[tuple[str, str | None]], targe
                           f"(text: str, text_pair: str or None)")
     rows = _tokenize(tokenizer, pairs, max_length)
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    window = batch_size * BUCKET
+    order = [i for start in range(0, len(order), window)
+             for i in sorted(order[start:start + window], key=lambda i: len(rows[i]["input_ids"]))]
     batches = []
     for start in range(0, len(order), batch_size):
         picked = order[start:start + batch_size]
