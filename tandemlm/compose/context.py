@@ -4,8 +4,8 @@ values away from remote models, hold for every node, composites included)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from tandemlm.runtime import (ClassifyRequest, ClassifyResult, GenRequest, GenResult, Model,
@@ -33,6 +33,17 @@ class RunContext:
 
     def model(self, ref: Model | str | None) -> Model | None:
         return self.resolve(ref)
+
+    def substituting(self, models: Mapping[str, Model]) -> RunContext:
+        """This context with every model whose fingerprint is a key of `models` served by the
+        model it maps to: the compiler scores an example with the copy of a trained scorer that
+        did not learn from it (`TrainScorer(folds=...)`)."""
+        resolve = self.resolve
+
+        def swapped(ref: Model | str | None) -> Model | None:
+            model = resolve(ref)
+            return models.get(model.fingerprint, model) if model is not None else None
+        return replace(self, resolve=swapped)
 
     def run(self, node: Node, inputs: list[dict[str, Any]]) -> list[NodeTrace]:
         """Run a child node (of a composite) on a subset of examples; one batch per call."""

@@ -137,6 +137,22 @@ class Score(Node):
         self.model, self.name, self.output = model, name, output
         self.yes, self.no = yes, no
         self.instructions = instructions or default_instructions(self.fields, yes, no)
+        #: copies of the trained scorer, each trained without one fold of the examples
+        #: (`TrainScorer(folds=k)`); the compiler scores example x with folds[fold_of(x, k)]
+        self.folds: list[Model] = []
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), **({"folds": list(self.folds)} if self.folds else {})}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore `state()`; a state without `folds` (a scorer trained anew) drops the old ones."""
+        folds = state.get("folds") or []
+        if not isinstance(folds, list) or not all(isinstance(m, Model) for m in folds) \
+                or len(folds) == 1:
+            raise ConfigError(f"Score '{self.name}': state 'folds' must be a list of two or more "
+                              f"models (the scorer's cross-fitted copies), got {folds!r}")
+        super().set_state(state)
+        self.folds = folds
 
     @property
     def input_fields(self) -> Fields:

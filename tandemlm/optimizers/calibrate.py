@@ -468,7 +468,7 @@ class Calibrate(Pass):
         split = ctx.calibration_traces(new, traces)
         for path, cascade in picked.items():
             rows = cascade_inputs(split, path)
-            runs = run_every_stage(new, path, rows, ctx)
+            runs = run_every_stage(new, path, rows, ctx, cross_fit=self.cross_fit)
             _require_usable(runs, split, path, "validation" if ctx.valset else "training")
             chances = router_chances(cascade, [values for _, values in rows], runs,
                                      cross_fit=self.cross_fit)

@@ -77,9 +77,26 @@ def _correct(metric: Any, example: dict[str, Any], answer: NodeTrace) -> bool:
         return False
 
 
+def fold_key(node: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """What a cascade judge's scorer node reads of an example's cascade inputs (the question,
+    not the stage's answer): its fold is hashed from this."""
+    return {f: values[f] for f in node.fields if f in values}
+
+
+def fold_of(values: dict[str, Any], k: int) -> int:
+    """The fold (0..k-1) of an example, from its content (`fold_key`): the same question falls in
+    the same fold in every pass and in any split — twice-asked questions too — so a scorer copy
+    trained without fold f (`TrainScorer(folds=k)`) never scores a question it learnt from."""
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % k
+
+
 def run_every_stage(pipeline: Pipeline, path: str, rows: list[tuple[dict[str, Any], dict[str, Any]]],
-                    ctx: CompileContext, *, judge: bool = True) -> list[StageRun]:
-    """Run each stage of the cascade at `path` on every row (one batch per stage)."""
+                    ctx: CompileContext, *, judge: bool = True, cross_fit: bool = True) -> list[StageRun]:
+    """Run each stage of the cascade at `path` on every row (one batch per stage). With `judge`,
+    each answer is judged; with `cross_fit`, a judge whose scorer was cross-fitted scores each
+    example with the copy that did not learn from it (`TrainScorer(folds=k)`), as the compile
+    needs; without, with the scorer the program runs (test figures)."""
     cascade = cascades(pipeline)[path]
     examples = [example for example, _ in rows]
     inputs = [values for _, values in rows]
@@ -95,20 +112,31 @@ def run_every_stage(pipeline: Pipeline, path: str, rows: list[tuple[dict[str, An
                              [_correct(ctx.metric, e, a) for e, a in zip(examples, answers, strict=True)],
                              [c[0] for c in costs], [c[1] for c in costs])
             if judge and stage_judge is not None:
-                _judge_stage(stage, stage_judge, solver, run, inputs)
+                _judge_stage(stage, stage_judge, solver, run, inputs, cross_fit)
             out.append(stage)
             advance(1)
     return out
 
 
-def _judge_stage(stage: StageRun, judge: Any, solver: Any, run: Any, inputs: list[dict]) -> None:
+def _judge_stage(stage: StageRun, judge: Any, solver: Any, run: Any, inputs: list[dict],
+                 cross_fit: bool) -> None:
     answered = [i for i, a in enumerate(stage.answers) if a.ok]
     stage.scores = [None] * len(inputs)
     stage.judge_traces = [None] * len(inputs)
-    if answered:
-        scores, traces = judge.score(run, solver, [inputs[i] for i in answered],
-                                     [stage.answers[i] for i in answered])
-        for i, score, trace in zip(answered, scores, traces, strict=True):
+    folds = getattr(getattr(judge, "node", None), "folds", None) if cross_fit else None
+    if folds:  # each fold's examples scored by the scorer copy trained without them
+        served = run.model(judge.node.model).fingerprint
+        fold = {i: fold_of(fold_key(judge.node, inputs[i]), len(folds)) for i in answered}
+        groups = [(run.substituting({served: model}), [i for i in answered if fold[i] == f])
+                  for f, model in enumerate(folds)]
+    else:
+        groups = [(run, answered)]
+    for context, members in groups:
+        if not members:
+            continue
+        scores, traces = judge.score(context, solver, [inputs[i] for i in members],
+                                     [stage.answers[i] for i in members])
+        for i, score, trace in zip(members, scores, traces, strict=True):
             stage.scores[i], stage.judge_traces[i] = score, trace
     costs = [_cost(t) for t in stage.judge_traces]
     stage.judge_usd, stage.judge_flops = [c[0] for c in costs], [c[1] for c in costs]

@@ -16,6 +16,14 @@ or a small generative model asked the node's yes/no question (a LoRA adapter lea
 A seeded slice of the examples (`holdout`) is kept out of training; the held-out AUC and accuracy
 of the trained scorer, and of the scorer before training, are reported in the pass details.
 
+With `folds=k` the scorer is cross-fitted instead: k copies each learn from all examples but one
+fold (an example's fold is a hash of the question the scorer reads: `stage_runs.fold_of`), then
+one learns from them all and serves the program. The copies are kept in the node's state (`Score.folds`), and the
+passes that follow on the same examples (`FitJudges`, `Calibrate`) score each example with the
+copy that did not learn from it — honest scores on the whole split, so a compile needs no
+separate calibration split. The reported AUC is then the copies' out-of-fold AUC over every
+example (`holdout` is not used). It costs k + 1 trainings, each copy on (k − 1)/k of the rows.
+
     compile(pipe, train, metric, passes=[TrainScorer(train_encoder=True, epochs=3)])
 """
 
@@ -24,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from tandemlm.compose import Node, Pipeline
@@ -32,12 +41,14 @@ from tandemlm.modules.rank import Rank
 from tandemlm.modules.score import Score
 from tandemlm.optimizers import scorer_training
 from tandemlm.optimizers.passes import CompileContext, Pass, select_nodes
-from tandemlm.optimizers.stage_runs import cascade_inputs, cascades, run_every_stage
+from tandemlm.optimizers.stage_runs import (cascade_inputs, cascades, fold_key, fold_of,
+                                             run_every_stage)
 from tandemlm.optimizers.trace_store import Traces
 from tandemlm.runtime import CompileError, ConfigError, Model, use_cache
 from tandemlm.runtime.train import count_steps
 
-Example = tuple[int, dict[str, Any], float]  # (example index, field -> value, label)
+#: (example index, field -> value, label, fold key: what the example's fold is hashed from)
+Example = tuple[int, dict[str, Any], float, dict[str, Any]]
 
 
 def auc(scores: list[float], labels: list[float]) -> float | None:
@@ -74,6 +85,7 @@ class TrainScorer(Pass):
         train_encoder: fine-tune a cross-encoder's encoder too (better, slower) than its head alone.
         lora: LoRA shape for a generative scorer (as `Finetune`'s).
         holdout: fraction of examples kept out of training to measure the scorer.
+        folds: cross-fit the scorer in this many folds (0: off); see the module docstring.
     """
 
     nodes: list[str] | None = None
@@ -83,9 +95,19 @@ class TrainScorer(Pass):
     train_encoder: bool = False
     holdout: float = 0.2
     lora: dict[str, Any] = field(default_factory=dict)
+    folds: int = 0
 
     name = "train_scorer"
     kind: ClassVar[type[Node]] = Score
+
+    def __post_init__(self) -> None:
+        if self.folds == 1 or self.folds < 0:
+            raise ConfigError(f"{type(self).__name__}(folds={self.folds}): use 0 (no cross-fit) "
+                              f"or 2 or more folds")
+        if self.folds and self.kind is not Score:
+            raise ConfigError(f"{type(self).__name__}(folds={self.folds}): only cascade judges' "
+                              f"scorers are cross-fitted (their out-of-fold scores calibrate the "
+                              f"cascade); a {self.kind.__name__} node has no use for folds")
 
     def targets(self, pipeline: Pipeline) -> dict[str, Node]:
         found = select_nodes(pipeline, self.nodes, self.kind, self.kind.__name__)
@@ -110,10 +132,10 @@ class TrainScorer(Pass):
         paths = node_paths(new)
         for members in groups.values():
             rows = [row for path in members for row in self.rows(new, path, traces, ctx)]
-            trained = self._train(new.resolve(paths[members[0]].model), paths[members[0]], rows,
-                                  members, ctx)
+            trained, folds = self._train(new.resolve(paths[members[0]].model), paths[members[0]],
+                                         rows, members, ctx)
             for path in members:
-                paths[path].set_state({"model": trained})
+                paths[path].set_state({"model": trained, **({"folds": folds} if folds else {})})
         return new
 
     # -- data ----------------------------------------------------------------------------------
@@ -125,8 +147,8 @@ class TrainScorer(Pass):
             if stages:
                 return self._cascade_rows(pipeline, cascade_path, stages, node, traces, ctx)
         index = {id(r): i for i, r in enumerate(traces.records)}
-        return [(index[id(c.record)], {f: c.trace.inputs[f] for f in node.fields}, float(c.passed))
-                for c in traces.calls(path)]
+        return [(index[id(c.record)], {f: c.trace.inputs[f] for f in node.fields}, float(c.passed),
+                 {node.fields[0]: c.trace.inputs[node.fields[0]]}) for c in traces.calls(path)]
 
     def _cascade_rows(self, pipeline, path, stages, node, traces, ctx) -> list[Example]:
         reached = cascade_inputs(traces, path)
@@ -138,39 +160,81 @@ class TrainScorer(Pass):
                                                      strict=True):
                 if answer.ok:
                     merged = {**values, **answer.outputs}
-                    rows.append((index[id(example)], {f: merged[f] for f in node.fields}, float(ok)))
+                    rows.append((index[id(example)], {f: merged[f] for f in node.fields}, float(ok),
+                                 fold_key(node, values)))
         return rows
 
     # -- training ------------------------------------------------------------------------------
     def _train(self, model: Model, node: Node, rows: list[Example], members: list[str],
-               ctx: CompileContext) -> Model:
-        if not rows or len({y for _, _, y in rows}) < 2:
+               ctx: CompileContext) -> tuple[Model, list[Model]]:
+        """The trained scorer, and with `folds` its cross-fitted copies."""
+        if not rows or len({r[2] for r in rows}) < 2:
             raise CompileError(f"{self.name}: the traces give {len(rows)} labelled pairs for "
                                f"{', '.join(members)}, {'all with one label' if rows else ''}; a "
                                f"scorer needs correct and incorrect examples to learn from")
         rows = _unique(rows)
-        examples = sorted({i for i, _, _ in rows})
+        kind = scorer_training.kind_of(model)
+        out = ctx.artifact_dir("scorers", members[0])
+        what = f"{self.name}: {', '.join(members)}: training a {kind.replace('_', ' ')} scorer"
+        if self.folds:
+            return self._cross_fit(model, node, rows, members, kind, out, what, ctx)
+        examples = sorted({r[0] for r in rows})
         held = set(ctx.rng("holdout").sample(examples, int(len(examples) * self.holdout)))
         train = [r for r in rows if r[0] not in held]
         test = [r for r in rows if r[0] in held]
-        kind = scorer_training.kind_of(model)
-        out = ctx.artifact_dir("scorers", members[0])
-        ctx.reporter.note(f"{self.name}: {', '.join(members)}: training a {kind.replace('_', ' ')} scorer on "
-                          f"{len(train)} pairs ({sum(y for *_, y in train):.0f} positive), "
+        ctx.reporter.note(f"{what} on {len(train)} pairs ({sum(r[2] for r in train):.0f} positive), "
                           f"{len(test)} held out")
-        total = count_steps(math.ceil(len(train) / self.batch_size), self.epochs)
-        with ctx.reporter.progress(f"{self.name} {', '.join(members)}", total) as advance:
-            trained = scorer_training.train(
-                kind, model, node, [x for _, x, _ in train], [y for *_, y in train], out,
-                epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                train_encoder=self.train_encoder, lora=self.lora, seed=ctx.seed, progress=advance)
+        trained = self._fit_rows(model, node, train, members, kind, out, ctx)
         before, after = (_held_out(m, node, test, ctx) for m in (model, trained))
         ctx.details[members[0]] = {"kind": kind, "pairs": len(train), "held_out": len(test),
                                    "auc_before": before[0], "auc_after": after[0],
                                    "accuracy_after": after[1]}
         ctx.reporter.note(f"{self.name}: held-out AUC {_fmt(before[0])} -> {_fmt(after[0])}, "
                           f"accuracy {_fmt(after[1])}")
-        return trained
+        return trained, []
+
+    def _cross_fit(self, model: Model, node: Node, rows: list[Example], members: list[str],
+                   kind: str, out: Path, what: str, ctx: CompileContext) -> tuple[Model, list[Model]]:
+        """k copies, each without one fold, scored on that fold; then one on every row."""
+        fold = [fold_of(r[3], self.folds) for r in rows]
+        ctx.reporter.note(f"{what}, cross-fitted in {self.folds} folds, on {len(rows)} pairs "
+                          f"({sum(r[2] for r in rows):.0f} positive)")
+        copies, held_out = [], [0.0] * len(rows)
+        for f in range(self.folds):
+            train = [r for r, g in zip(rows, fold, strict=True) if g != f]
+            if len({r[2] for r in train}) < 2:
+                raise CompileError(f"{self.name}: without fold {f} the pairs of {members[0]} all "
+                                   f"have one label; too few examples to cross-fit in "
+                                   f"{self.folds} folds (use fewer, or folds=0)")
+            copy = self._fit_rows(model, node, train, members, kind, out / f"fold-{f}", ctx,
+                                  f" (fold {f + 1} of {self.folds})")
+            mine = [i for i, g in enumerate(fold) if g == f]
+            with use_cache(ctx.store.cache):
+                got = scorer_training.scores(copy, node, [rows[i][1] for i in mine])
+            for i, score in zip(mine, got, strict=True):
+                held_out[i] = float("nan") if score is None else score
+            copies.append(copy)
+        trained = self._fit_rows(model, node, rows, members, kind, out / "all", ctx, " (all rows)")
+        labels = [r[2] for r in rows]
+        before = _held_out(model, node, rows, ctx)[0]
+        scored = [(s, y) for s, y in zip(held_out, labels, strict=True) if s == s]
+        after = auc([s for s, _ in scored], [y for _, y in scored]) if scored else None
+        ctx.details[members[0]] = {"kind": kind, "pairs": len(rows), "folds": self.folds,
+                                   "auc_before": before, "auc_after": after,
+                                   "accuracy_after": (sum((s >= 0.5) == (y >= 0.5) for s, y in scored)
+                                                      / len(scored) if scored else None)}
+        ctx.reporter.note(f"{self.name}: out-of-fold AUC {_fmt(before)} (untrained) -> {_fmt(after)}")
+        return trained, copies
+
+    def _fit_rows(self, model: Model, node: Node, rows: list[Example], members: list[str],
+                  kind: str, out: Path, ctx: CompileContext, label: str = "") -> Model:
+        out.mkdir(parents=True, exist_ok=True)
+        total = count_steps(math.ceil(len(rows) / self.batch_size), self.epochs)
+        with ctx.reporter.progress(f"{self.name} {', '.join(members)}{label}", total) as advance:
+            return scorer_training.train(
+                kind, model, node, [r[1] for r in rows], [r[2] for r in rows], out,
+                epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                train_encoder=self.train_encoder, lora=self.lora, seed=ctx.seed, progress=advance)
 
 
 def _fmt(value: float | None) -> str:
@@ -191,8 +255,8 @@ def _held_out(model: Model, node: Node, rows: list[Example],
               ctx: CompileContext) -> tuple[float | None, float | None]:
     """(AUC, accuracy at 0.5) of `model`'s scores on the held-out rows."""
     with use_cache(ctx.store.cache):
-        got = scorer_training.scores(model, node, [x for _, x, _ in rows])
-    scored = [(s, y) for s, (*_, y) in zip(got, rows, strict=True) if s is not None]
+        got = scorer_training.scores(model, node, [r[1] for r in rows])
+    scored = [(s, r[2]) for s, r in zip(got, rows, strict=True) if s is not None]
     if not scored:
         return None, None
     accuracy = sum((s >= 0.5) == (y >= 0.5) for s, y in scored) / len(scored)
@@ -225,5 +289,5 @@ class TrainRanker(TrainScorer):
             for call in (c for c in traces.calls(path, ok=False) if c.record is record):
                 for item in call.trace.inputs.get(node.items, []):
                     row = {node.query: call.trace.inputs[node.query], node.item_label: item}
-                    rows.append((i, row, float(str(item) in gold)))
+                    rows.append((i, row, float(str(item) in gold), {node.query: row[node.query]}))
         return rows

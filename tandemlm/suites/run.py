@@ -156,7 +156,7 @@ def cascade_figures(task: Task, compiled: Any, path: str, cascade: Cascade, cach
     ctx = CompileContext(trainset=task.test, valset=[], metric=task.metric, store=store,
                          out=out / "compiled", reporter=reporter or Reporter())
     rows = cascade_inputs(store.run(compiled, task.test), path)
-    runs = run_every_stage(compiled, path, rows, ctx)
+    runs = run_every_stage(compiled, path, rows, ctx, cross_fit=False)
     calibrate = _calibration(task)
     chances = router_chances(cascade, [values for _, values in rows], runs, cross_fit=False)
     table, points = cost_quality_points(runs, cascade.judges, max_stages=calibrate.max_stages,

@@ -167,3 +167,58 @@ def test_train_ranker_learns_which_items_belong_to_the_query(tmp_path):
     assert details["auc_after"] > 0.85 > details["auc_before"] + 0.2, details
     assert evaluate(compiled, examples[40:], recall, progress=False).score > \
         evaluate(pipeline, examples[40:], recall, progress=False).score + 0.3
+
+
+def test_cross_fitted_scorer_scores_each_training_question_with_the_copy_that_never_saw_it(tmp_path):
+    """TrainScorer(folds=2): two copies each learn without one fold of the questions, a third from
+    all; the compile's stage runs score every training question with its out-of-fold copy (what
+    FitJudges and Calibrate then see), the program and the test figures with the third; the
+    copies are saved and loaded with the artifact, and Calibrate runs on the whole split."""
+    from tandemlm.optimizers import Calibrate
+    from tandemlm.optimizers.passes import CompileContext
+    from tandemlm.optimizers.stage_runs import cascade_inputs, fold_key, fold_of, run_every_stage
+    from tandemlm.optimizers.trace_store import TraceStore
+    from tandemlm.optimizers.scorer_training import scores
+
+    rows = _rows(160, seed=5)
+    for i, row in enumerate(rows):  # distinct questions, so the folds split the examples evenly
+        row["prompt"] = row["question"] = f"Name a {row['category']} (case {i})."
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train = [{k: r[k] for k in ("id", "prompt", "question", "category")} for r in rows]
+    compiled = compile(_build(str(path)), train, metric, out_dir=tmp_path / "out", progress=False,
+                       passes=[TrainScorer(train_encoder=True, epochs=6, folds=2),
+                               Calibrate(match=1.0, delta=0.1)])
+    judge = compiled.nodes["cascade"].judge_nodes[0]
+    details = compiled.compile_report[0].details["cascade/judge"]
+    assert details["folds"] == 2 and details["pairs"] == 160  # every example, none held out
+    assert details["auc_after"] > 0.8 > details["auc_before"] + 0.15, details
+    scorers = tmp_path / "out" / "scorers" / "01-cascade_judge"
+    assert [m.id for m in judge.folds] == [str(scorers / "fold-0"), str(scorers / "fold-1")]
+    assert judge.model.id == str(scorers / "all")
+
+    store = TraceStore(metric)
+    ctx = CompileContext(trainset=train, valset=[], metric=metric, store=store, out=tmp_path / "c")
+    reached = cascade_inputs(store.run(compiled, train), "cascade")
+    honest = run_every_stage(compiled, "cascade", reached, ctx)[0]
+    served = run_every_stage(compiled, "cascade", reached, ctx, cross_fit=False)[0]
+    inputs = [values for _, values in reached]
+    fold = [fold_of(fold_key(judge, x), 2) for x in inputs]
+    assert 50 < sum(fold) < 110  # both folds hold examples
+    pairs = [{"question": x["question"], "answer": a.outputs["answer"]}
+             for x, a in zip(inputs, honest.answers, strict=True)]
+    for f, copy in enumerate(judge.folds):
+        mine = [i for i in range(len(pairs)) if fold[i] == f]
+        assert [honest.scores[i] for i in mine] == pytest.approx(scores(copy, judge, [pairs[i] for i in mine]))
+    assert served.scores == pytest.approx(scores(judge.model, judge, pairs))
+    assert not served.scores == pytest.approx(honest.scores, abs=1e-3)  # the third saw them all
+    assert auc(honest.scores, [float(c) for c in honest.correct]) == pytest.approx(
+        details["auc_after"], abs=0.02)
+
+    loaded = load(tmp_path / "out", program=lambda: _build(str(path)))
+    assert [m.fingerprint for m in loaded.nodes["cascade"].judge_nodes[0].folds] == \
+        [m.fingerprint for m in judge.folds]
+    with pytest.raises(ConfigError, match="0 \\(no cross-fit\\) or 2"):
+        TrainScorer(folds=1)
+    with pytest.raises(ConfigError, match="only cascade judges"):
+        TrainRanker(folds=2)
