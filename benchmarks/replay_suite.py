@@ -7,7 +7,7 @@ fraction of the test curve. The baselines (every single model) run in the same e
 the same recorded answers. The last line is one JSON object.
 
     python benchmarks/replay_suite.py [--data ../shared/data/replay] [--out runs/suite-replay]
-        [--tasks mmlu/llama,overruling] [--delta 0.1 | --z 1.0] [--no-router]
+        [--tasks mmlu/llama,overruling] [--delta 0.1 | --z 1.0] [--no-router] [--folds 2]
 """
 
 from __future__ import annotations
@@ -34,10 +34,13 @@ def main() -> None:
                         help="use Calibrate's standard-error rule with this z instead of --delta")
     parser.add_argument("--no-router", dest="router", action="store_false",
                         help="cascades only: no TextRouter, so Calibrate weighs no routers or hybrids")
+    parser.add_argument("--folds", type=int, default=2,
+                        help="cross-fit the text scorer in this many folds (0: train on 3/4 of the "
+                             "train split, calibrate on the rest)")
     args = parser.parse_args()
     started = time.perf_counter()
     rule = {"z": args.z} if args.z is not None else {"delta": args.delta}
-    results = run_suite(suite(args.data, router=args.router, **rule), args.out,
+    results = run_suite(suite(args.data, router=args.router, folds=args.folds, **rule), args.out,
                         tasks=[t for t in args.tasks.split(",") if t] or None)
     seconds = time.perf_counter() - started
     print_results(results)
@@ -55,7 +58,7 @@ def main() -> None:
         print(f"{name}: cascade {cascade['accuracy']:.3f} vs {best['model']} {best['accuracy']:.3f} "
               f"({summary[name]['delta_points']:+.1f} pts) at {cascade['cost_fraction']:.3f}x its cost"
               f"; test-curve parity at {task['parity_cost_fraction'] or float('nan'):.3f}x")
-    print(json.dumps({"seconds": round(seconds, 1), **rule, "router": args.router, "tasks": summary}))
+    print(json.dumps({"seconds": round(seconds, 1), **rule, "router": args.router, "folds": args.folds, "tasks": summary}))
 
 
 if __name__ == "__main__":

@@ -12,14 +12,15 @@ A task's program is a cascade over every model recorded for it, cheapest first (
 cost on the train split), each stage judged by a `FeatureJudge`: the model's recorded confidence
 where the data has one, agreement with earlier stages' answers, and — where the rows have a bare
 question and the train split has at least `SCORER_MIN_ROWS` rows — a MiniLM cross-encoder on
-(question, answer). With the cross-encoder, the compile trains it on three quarters of the train
-split (`TrainScorer`) and fits the rest on the other quarter; without it, everything fits on the
-whole train split: `FitJudges` picks the judge features (cross-fitted) and
-`Calibrate(match=1.0, delta=0.1)` picks the stages (cheap to dear, up to four) and their
-thresholds: the cheapest configuration that matches the best single model's train accuracy in 90%
-of bootstrap resamples, scored with the judges' out-of-fold models, and never dearer than that
-model (models within noise of the best count as the best). Nothing depends on the files shipped today: any file in that format is a
-task.
+(question, answer) (`scorer=True` also judges rows that have only a whole prompt, cut from its
+start so its question stays: on ARC it trained for 16 minutes and added nothing per stage, see
+docs/suites.md). The cross-encoder is cross-fitted (`TrainScorer(folds=2)`), so everything fits on
+the whole train split with out-of-fold scores: `FitJudges` picks the judge features
+(cross-fitted), `TrainRouter` fits the router and `Calibrate(match=1.0, delta=0.1)` picks the
+stages (cheap to dear, up to four) and their thresholds: the cheapest configuration that matches the best
+single model's train accuracy in 90% of bootstrap resamples, scored with the judges' out-of-fold
+models, and never dearer than that model (models within noise of the best count as the best).
+Nothing depends on the files shipped today: any file in that format is a task.
 
 An answer is right when the source judged the model that gave exactly that text right
 (`recorded_correct`), which also covers benchmarks without a gold answer.
@@ -44,7 +45,8 @@ from tandemlm.runtime.backends.hf_classifier import minilm_path
 from tandemlm.runtime.backends.recorded import read_replay_file
 from tandemlm.suites.suite import Suite, Task
 
-#: train rows from which a task also gets a text scorer: fewer cannot both train it and calibrate
+#: train rows from which a task with bare questions also gets a text scorer: on fewer it learns
+#: too little to pay for its training
 SCORER_MIN_ROWS = 500
 _NAME = re.compile(r"^(?P<stem>.+)_(?P<split>train|test|all)\.jsonl$")
 
@@ -141,8 +143,10 @@ def build(data: list[str], models: list[str], *, scorer: bool = True, confidence
           name: str = "replay_cascade") -> Pipeline:
     """The uncompiled cascade over `models` (cheapest first) answering from the replay files
     `data`; see the module docstring."""
-    text = Model("hf-classifier", str(minilm_path()), name="minilm-judge", max_length=max_length) \
-        if scorer else None
+    # a whole prompt (few-shot examples, then the question) keeps its end: its question
+    cut = {"truncation_side": "left"} if text_field == "prompt" else {}
+    text = Model("hf-classifier", str(minilm_path()), name="minilm-judge", max_length=max_length,
+                 **cut) if scorer else None
     stages = []
     for i, model in enumerate(models):
         solver = Solve("prompt -> answer", model=Model("recorded", model, data=list(data)),
@@ -159,7 +163,7 @@ def build(data: list[str], models: list[str], *, scorer: bool = True, confidence
     return Pipeline([Cascade(stages, router=routing)], name=name)
 
 
-def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3,
+def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3, folds: int = 2,
          delta: float = 0.1, z: float | None = None, router: bool = True, seed: int = 0) -> Task:
     """The suite task for one discovered replay benchmark.
 
@@ -168,6 +172,9 @@ def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3,
             (a long few-shot prompt would be cut before the question) and the train split has at
             least `SCORER_MIN_ROWS` rows.
         epochs: the cross-encoder's training epochs.
+        folds: cross-fit the cross-encoder in this many folds (`TrainScorer(folds=...)`), so the
+            judges and the calibration see out-of-fold scores on the whole train split; 0: train
+            it on three quarters of the split and fit the rest on the other quarter.
         delta: `Calibrate`'s risk: the chosen point must match the target in 1 − delta of
             bootstrap resamples of the calibration rows.
         z: use `Calibrate`'s older standard-error rule with this z instead (0: no guard).
@@ -196,17 +203,18 @@ def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3,
         else Calibrate(match=1.0, order="cost", max_stages=4, z=z)
     passes = [FitJudges(), *([TrainRouter()] if router else []), calibrate]
     if scorer:
-        passes.insert(0, TrainScorer(train_encoder=True, epochs=epochs))
+        passes.insert(0, TrainScorer(train_encoder=True, epochs=epochs, folds=folds))
+    split = scorer and not folds  # the scorer learns from train and the rest fits on val
     program = f"tandemlm.suites.replay:build({', '.join(f'{k}={v!r}' for k, v in options.items())})"
     return Task(name=spec["name"], program=program,
-                train=fit if scorer else train, val=val if scorer else None,
+                train=fit if split else train, val=val if split else None,
                 test=[_example(r, f) for r, f in test_pairs], metric=recorded_correct, passes=passes,
                 seed=seed, description=f"{len(models)} recorded models, cheapest first: "
                                        f"{', '.join(models)}")
 
 
 def suite(data: str | Path | None = None, *, scorer: bool | None = None, epochs: int = 3,
-          delta: float = 0.1, z: float | None = None, router: bool = True) -> Suite:
+          folds: int = 2, delta: float = 0.1, z: float | None = None, router: bool = True) -> Suite:
     """Every replay task in `data` (default: `default_dir()`); options as `task`'s."""
     root = data or default_dir()
     if root is None:
@@ -214,6 +222,7 @@ def suite(data: str | Path | None = None, *, scorer: bool | None = None, epochs:
                           "replay .jsonl files) or set TANDEM_REPLAY_DIR")
     specs = discover(root)
     return Suite(name="replay", tasks={s["name"]: (lambda s=s: task(s, scorer=scorer, epochs=epochs,
-                                                                   delta=delta, z=z, router=router))
+                                                                   folds=folds, delta=delta, z=z,
+                                                                   router=router))
                                        for s in specs},
                  description=f"cascades over recorded real models, from {root}")

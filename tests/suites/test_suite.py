@@ -160,6 +160,25 @@ def test_the_compiled_task_loads_from_its_recorded_source_and_answers_alike(resu
     assert again.score == pytest.approx(got["tasks"]["split"]["metric"]["value"])
 
 
+def test_a_text_scorer_is_cross_fitted_on_the_whole_train_split(data_dir, tmp_path):
+    """With a text scorer the task trains it cross-fitted and calibrates on every train row (no
+    quarter held back); folds=0 splits three quarters / one quarter instead. A judge of whole
+    prompts cuts them from their start (their question is at the end)."""
+    crossed = suite(data_dir, scorer=True).task("split")
+    scorer = crossed.passes[0]
+    assert type(scorer).__name__ == "TrainScorer" and scorer.folds == 2
+    assert (len(crossed.train), crossed.val) == (100, None)
+    held = suite(data_dir, scorer=True, folds=0).task("split")
+    assert (len(held.train), len(held.val)) == (75, 25) and held.passes[0].folds == 0
+    judge = load_program(crossed.program).nodes["cascade"].judge_nodes[0]
+    assert judge.fields == ("question", "answer") and "truncation_side" not in judge.model.options
+    rows = [{**r, "question": None} for r in read_replay_file(EXCERPT).rows[:40]]
+    _write_rows(tmp_path / "bare_all.jsonl", rows)  # whole prompts only
+    prompts = suite(tmp_path, scorer=True).task("bare")
+    judge = load_program(prompts.program).nodes["cascade"].judge_nodes[0]
+    assert judge.fields == ("prompt", "answer") and judge.model.options["truncation_side"] == "left"
+
+
 def test_config_hash_follows_what_determines_the_results(data_dir):
     a, b = (suite(data_dir, scorer=False).task("legal") for _ in range(2))
     assert a.config_hash() == b.config_hash()
