@@ -17,7 +17,7 @@ line is one JSON object.
 
     python benchmarks/operating_point.py --runs runs/suite-replay --data DIR
         [--tasks mmlu/llama,triviaqa/llama] [--sizes 300,600] [--repeats 12]
-        [--rules best "delta=0.1" "delta=0.02,tie=0.5"]
+        [--rules best "delta=0.1" "delta=0.1,tie=0.8" "delta=0.02,tie=0.5"]
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="300,600", help="calibration sizes to draw")
     parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--tolerance", type=float, default=0.5, help="accuracy points")
-    parser.add_argument("--rules", nargs="+", default=["best", "delta=0.1", "delta=0.02,tie=0.5"])
+    parser.add_argument("--rules", nargs="+",
+                        default=["best", "delta=0.1", "delta=0.1,tie=0.8", "delta=0.02,tie=0.5"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     started = time.perf_counter()

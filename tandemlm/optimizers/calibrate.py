@@ -321,7 +321,7 @@ def _routed_points(t: _Table, chains: list[tuple[int, ...]], cascade_front: list
 
 
 def robust_choice(t: _Table, points: list[Point], match: float, *, delta: float, tolerance: float,
-                  resamples: int, tie: float = 0.8, tolerance_se: float = 0.0,
+                  resamples: int, tie: float = 0.65, tolerance_se: float = 0.0,
                   seed: int = 0) -> tuple[Point, Point, list[Point], float]:
     """(chosen, reference, tied, tolerance): the cheapest point whose quality stays within the
     tolerance of `match` × the reference's in at least 1 − `delta` of bootstrap resamples of the
@@ -432,7 +432,7 @@ class Calibrate(Pass):
     delta: float | None = None
     tolerance: float = 0.0
     resamples: int = 1000
-    tie: float = 0.8
+    tie: float = 0.65
     tolerance_se: float = 0.0
     cross_fit: bool = True
     nodes: list[str] | None = None

@@ -199,14 +199,17 @@ def test_delta_treats_models_within_noise_as_one_target_and_never_pays_more(tmp_
         return Pipeline([Cascade([Stage(solvers[0], judge=_judge("judge_near")),
                                   Stage(solvers[1])])], name="tied")
     examples = [{k: r[k] for k in ("id", "prompt", "question", "gold")} for r in _tied_rows()]
-    z_rule, robust, noisy = (compile(build(), examples, metric, progress=False, passes=[calibrate])
-                             .compile_report[0].details["cascade"]
-                             for calibrate in (Calibrate(match=1.0, z=1.0),
-                                               Calibrate(match=1.0, delta=0.1),
-                                               Calibrate(match=1.0, delta=0.1, tolerance_se=1.0)))
+    z_rule, robust, noisy, strict = (
+        compile(build(), examples, metric, progress=False, passes=[calibrate])
+        .compile_report[0].details["cascade"]
+        for calibrate in (Calibrate(match=1.0, z=1.0), Calibrate(match=1.0, delta=0.1, tie=0.8),
+                          Calibrate(match=1.0, delta=0.1, tolerance_se=1.0, tie=0.8),
+                          Calibrate(match=1.0, delta=0.1, tie=0.55)))
     assert z_rule["chosen"]["stages"] == ["best"]
-    # best beats near in about 64% of resamples (those that draw question 7), not 90%: tied
+    # best beats near in about 64% of resamples (those that draw question 7): under 80%, tied;
+    # over 55%, not
     assert robust["tied"] == ["near", "best"] and robust["reference"]["stages"] == ["near"]
+    assert strict["tied"] == ["best"] and strict["reference"]["stages"] == ["best"]
     assert robust["chosen"]["cost"] <= robust["reference"]["cost"] < robust["best_single"]["cost"]
     assert robust["target"] == pytest.approx(39 / 40)
     # one standard error of near's accuracy on 40 rows lowers the target by about 2.5 points
