@@ -137,6 +137,12 @@ class _Table:
 COMBINATIONS = 4096
 
 
+#: calibration examples under which a chosen multi-stage point gets a warning: on 150 resampled
+#: held-out rows of five replay tasks the `delta=0.1` point stayed within half a point of the best
+#: single model in 36% of draws (73% on 300-600 rows; benchmarks/operating_point.py)
+SMALL_SAMPLE = 300
+
+
 #: examples × combinations in one array at most (several such float arrays are alive at once)
 BLOCK = 250_000
 
@@ -484,6 +490,12 @@ class Calibrate(Pass):
             ctx.reporter.note(f"calibrate {path}: {chosen.kind} "
                               f"{' -> '.join(report['chosen']['stages'])}, "
                               f"quality {chosen.quality:.3f}, cost {chosen.cost:.3g} {report['unit']}")
+            if ctx.details[path]["small_sample"]:
+                ctx.reporter.note(
+                    f"calibrate {path}: warning: chosen on {report['n']} examples; on fewer than "
+                    f"{SMALL_SAMPLE}, a point that matches the best single stage there often "
+                    f"falls short of it on new data (docs/suites.md): compile with more labelled "
+                    f"examples, or check it on held-out ones with `tandem evaluate`")
         return new
 
     def _search(self, runs: list[StageRun], cascade: Cascade, seed: int = 0,
@@ -519,6 +531,8 @@ class Calibrate(Pass):
                   "chosen": chosen.to_dict(names),
                   "best_by_kind": _best_by_kind(points, chosen, names),
                   "cost_vs_best_single": chosen.cost / best_single.cost if best_single.cost else None,
+                  "small_sample": (self.match is not None and len(table.correct[0]) < SMALL_SAMPLE
+                                   and chosen.chain != best_single.chain),
                   "frontier": [p.to_dict(names) for p in frontier(points)]}
         return chosen, report
 

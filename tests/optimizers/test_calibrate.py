@@ -212,6 +212,9 @@ def test_delta_treats_models_within_noise_as_one_target_and_never_pays_more(tmp_
     assert strict["tied"] == ["best"] and strict["reference"]["stages"] == ["best"]
     assert robust["chosen"]["cost"] <= robust["reference"]["cost"] < robust["best_single"]["cost"]
     assert robust["target"] == pytest.approx(39 / 40)
+    # 40 examples: a point other than the best single stage is flagged as chosen on too few
+    assert robust["chosen"]["stages"] != ["best"] and robust["small_sample"]
+    assert not z_rule["small_sample"]
     # one standard error of near's accuracy on 40 rows lowers the target by about 2.5 points
     assert noisy["target"] == pytest.approx(39 / 40 - (39 / 40 * 1 / 40 / 40) ** 0.5, abs=0.003)
     assert noisy["chosen"]["cost"] <= robust["chosen"]["cost"]
