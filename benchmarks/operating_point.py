@@ -32,8 +32,8 @@ import numpy as np
 
 from tandemlm.evaluate.loading import load_program
 from tandemlm.optimizers import Calibrate, load
-from tandemlm.optimizers.calibrate import (Point, cost_quality_points, outcome, robust_choice,
-                                          router_chances)
+from tandemlm.optimizers.calibrate import router_chances
+from tandemlm.optimizers.cost_quality import Point, cost_quality_points, outcome, robust_choice
 from tandemlm.optimizers.passes import CompileContext
 from tandemlm.optimizers.report import Reporter
 from tandemlm.optimizers.stage_runs import StageRun, cascade_inputs, cascades, run_every_stage
@@ -172,6 +172,10 @@ def summary(draws: list[dict[str, Any]], rules: dict[str, Any], tolerance: float
     return out
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 def print_summary(draws: list[dict[str, Any]], rules: dict[str, Any], tolerance: float) -> None:
     groups = sorted({(x["task"], x["size"]) for x in draws})
     for label, figures in summary(draws, rules, tolerance).items():
@@ -183,7 +187,7 @@ def print_summary(draws: list[dict[str, Any]], rules: dict[str, Any], tolerance:
         print(f"{label:>22}: within {tolerance} pt {figures['within']:.2f}, dearer "
               f"{figures['dearer']:.2f}, mean Δ {figures['mean_delta_points']:+.2f} pts, median cost "
               f"fraction {figures['median_cost_fraction']:.3f}, captures half of the parity saving "
-              f"{figures['captures_half'] if figures['captures_half'] is None else round(figures['captures_half'], 2)}"
+              f"{_round(figures['captures_half'])}"
               f" | {', '.join(per)}")
 
 

@@ -58,7 +58,8 @@ def main() -> None:
         print(f"{name}: cascade {cascade['accuracy']:.3f} vs {best['model']} {best['accuracy']:.3f} "
               f"({summary[name]['delta_points']:+.1f} pts) at {cascade['cost_fraction']:.3f}x its cost"
               f"; test-curve parity at {task['parity_cost_fraction'] or float('nan'):.3f}x")
-    print(json.dumps({"seconds": round(seconds, 1), **rule, "router": args.router, "folds": args.folds, "tasks": summary}))
+    print(json.dumps({"seconds": round(seconds, 1), **rule, "router": args.router, "folds": args.folds,
+                      "tasks": summary}))
 
 
 if __name__ == "__main__":

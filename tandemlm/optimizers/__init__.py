@@ -16,5 +16,5 @@ from tandemlm.optimizers.tune_mix import TuneMix
 
 __all__ = ["BootstrapDemos", "Calibrate", "CompileContext", "Finetune", "FitJudges", "NodeCall", "Pass",
            "PassReport", "Reporter", "RichReporter", "TraceStore", "Traces", "TrainRanker",
-           "TrainRouter", "TrainScorer", "TrainVerifier", "TuneMix", "compile", "lm_nodes", "load", "save_program",
-           "select_nodes"]
+           "TrainRouter", "TrainScorer", "TrainVerifier", "TuneMix", "compile", "lm_nodes", "load",
+           "save_program", "select_nodes"]

@@ -18,10 +18,10 @@ of the trained scorer, and of the scorer before training, are reported in the pa
 
 With `folds=k` the scorer is cross-fitted instead: k copies each learn from all examples but one
 fold (an example's fold is a hash of the question the scorer reads: `stage_runs.fold_of`), then
-one learns from them all and serves the program. The copies are kept in the node's state (`Score.folds`), and the
-passes that follow on the same examples (`FitJudges`, `Calibrate`) score each example with the
-copy that did not learn from it — honest scores on the whole split, so a compile needs no
-separate calibration split. The reported AUC is then the copies' out-of-fold AUC over every
+one learns from them all and serves the program. The copies are kept in the node's state
+(`Score.folds`), and the passes that follow on the same examples (`FitJudges`, `Calibrate`) score
+each example with the copy that did not learn from it — honest scores on the whole split, so a
+compile needs no separate calibration split. The reported AUC is then the copies' out-of-fold AUC over every
 example (`holdout` is not used). It costs k + 1 trainings, each copy on (k − 1)/k of the rows.
 
     compile(pipe, train, metric, passes=[TrainScorer(train_encoder=True, epochs=3)])

@@ -41,8 +41,8 @@ from tandemlm.evaluate.loading import load_program
 from tandemlm.modules.cascade import Cascade, json_threshold
 from tandemlm.optimizers import Calibrate, compile
 from tandemlm.optimizers.artifacts import atomic_write
-from tandemlm.optimizers.calibrate import (Point, cost_quality_points, frontier, point_at,
-                                          router_chances)
+from tandemlm.optimizers.calibrate import router_chances
+from tandemlm.optimizers.cost_quality import Point, cost_quality_points, frontier, point_at
 from tandemlm.optimizers.passes import CompileContext
 from tandemlm.optimizers.report import Reporter, RichReporter
 from tandemlm.optimizers.stage_runs import cascade_inputs, cascades, run_every_stage
@@ -199,7 +199,8 @@ def cascade_figures(task: Task, compiled: Any, path: str, cascade: Cascade, cach
                                  else None),
         "curve_auc": curve_auc(points, top_cost),
         "singles_auc": curve_auc(list(singles.values()), top_cost),
-        "test_curve": [{"stages": [models[s] for s in p.chain], "kind": p.kind, "cost": p.cost, "quality": p.quality}
+        "test_curve": [{"stages": [models[s] for s in p.chain], "kind": p.kind, "cost": p.cost,
+                        "quality": p.quality}
                        for p in frontier(points)],
     }
     if "fit_judges" in report:

@@ -223,7 +223,7 @@ def test_delta_treats_models_within_noise_as_one_target_and_never_pays_more(tmp_
 def test_delta_chooses_the_cheapest_point_that_holds_in_most_resamples(data):
     import numpy as np
 
-    from tandemlm.optimizers.calibrate import _outcome, _scores, cost_quality_points, robust_choice
+    from tandemlm.optimizers.cost_quality import _outcome, _scores, cost_quality_points, robust_choice
     from tandemlm.optimizers.passes import CompileContext
     from tandemlm.optimizers.stage_runs import cascade_inputs, cascades, run_every_stage
     from tandemlm.optimizers.trace_store import TraceStore
@@ -262,7 +262,7 @@ def test_chain_points_in_arrays_equal_the_point_by_point_evaluation(monkeypatch,
 
     import numpy as np
 
-    from tandemlm.optimizers import calibrate
+    from tandemlm.optimizers import cost_quality
     from tandemlm.optimizers.stage_runs import StageRun
 
     rng = np.random.default_rng(3)
@@ -273,15 +273,15 @@ def test_chain_points_in_arrays_equal_the_point_by_point_evaluation(monkeypatch,
         runs.append(StageRun(s, f"m{s}", [], list(rng.random(n) < 0.4 + 0.15 * s),
                              list(rng.random(n) * 10.0 ** (s - 4)), [0.0] * n, scores,
                              [None] * n, list(rng.random(n) * 1e-6), [0.0] * n))
-    table = calibrate._Table(runs, cross_fit=False)
+    table = cost_quality._Table(runs, cross_fit=False)
     table.reference = table.correct[3]
-    monkeypatch.setattr(calibrate, "BLOCK", block)
+    monkeypatch.setattr(cost_quality, "BLOCK", block)
     for chain in [(2,), (0, 3), (1, 0, 3), (0, 1, 2, 3)]:
-        got = calibrate._chain_points(table, chain, grid=6)
+        got = cost_quality._chain_points(table, chain, grid=6)
         raw = [table.score(s, chain[:k]) for k, s in enumerate(chain[:-1])]
         grids = [table.thresholds(r, 6) for r in raw]
         scores = [np.nan_to_num(r, nan=-np.inf) for r in raw]
-        want = [calibrate._point(table, chain, scores, combo) for combo in itertools.product(*grids)]
+        want = [cost_quality._point(table, chain, scores, combo) for combo in itertools.product(*grids)]
         assert [(p.chain, p.thresholds, p.quality) for p in got] == \
             [(p.chain, p.thresholds, p.quality) for p in want]
         for field in ("cost", "se"):

@@ -105,7 +105,7 @@ def test_a_pipeline_without_feature_judges_is_a_compile_error_and_options_are_ch
 
 
 def test_calibrate_scores_each_example_with_the_fold_model_that_did_not_see_it(tmp_path):
-    from tandemlm.optimizers.calibrate import cost_quality_points
+    from tandemlm.optimizers.cost_quality import cost_quality_points
     from tandemlm.optimizers.passes import CompileContext
     from tandemlm.optimizers.stage_runs import (cascade_inputs, cascades, examples_digest,
                                                 run_every_stage)

@@ -69,7 +69,7 @@ def test_a_router_learns_from_the_input_and_calls_only_the_stage_it_picks(data, 
     out = tmp_path / "out"
     passes = [FitJudges(), TrainRouter(), Calibrate(match=1.0, order="cost", delta=0.1)]
     compiled = compile(_build(path), train, metric, passes=passes, out_dir=out, progress=False)
-    fit, routing, calibrate = compiled.compile_report
+    _, routing, calibrate = compiled.compile_report
     held = routing.details["cascade"]["router"]
     assert held["cheap"]["held_out_auc"] > 0.95  # out of fold: the topic says it
     # always right: nothing to learn, nothing to rank

@@ -209,7 +209,8 @@ def test_cross_fitted_scorer_scores_each_training_question_with_the_copy_that_ne
              for x, a in zip(inputs, honest.answers, strict=True)]
     for f, copy in enumerate(judge.folds):
         mine = [i for i in range(len(pairs)) if fold[i] == f]
-        assert [honest.scores[i] for i in mine] == pytest.approx(scores(copy, judge, [pairs[i] for i in mine]))
+        assert [honest.scores[i] for i in mine] == \
+            pytest.approx(scores(copy, judge, [pairs[i] for i in mine]))
     assert served.scores == pytest.approx(scores(judge.model, judge, pairs))
     assert not served.scores == pytest.approx(honest.scores, abs=1e-3)  # the third saw them all
     assert auc(honest.scores, [float(c) for c in honest.correct]) == pytest.approx(

@@ -156,7 +156,8 @@ def test_the_compiled_task_loads_from_its_recorded_source_and_answers_alike(resu
     program = json.loads((out / "split" / "compiled" / "program.json").read_text())
     assert program["source"].startswith("tandemlm.suites.replay:build(")
     task = suite(data_dir, scorer=False).task("split")
-    again = evaluate(load(out / "split" / "compiled", trust_source=True), task.test, task.metric, progress=False)
+    again = evaluate(load(out / "split" / "compiled", trust_source=True), task.test, task.metric,
+                     progress=False)
     assert again.score == pytest.approx(got["tasks"]["split"]["metric"]["value"])
 
 

@@ -9,8 +9,9 @@ scorer or ranker, like Cappy's RoBERTa or MindAct's DeBERTa), batched, on CPU or
 `text` and `text_pair` are cross-encoded (`[CLS] text [SEP] text_pair [SEP]` for BERT), truncated
 to the model's maximum length: tokens go from the longer of the two, at its end by default
 (`truncation_side="right"`) or at its start (`"left"`: a few-shot prompt keeps the question it ends
-with, a worked answer the result it ends with). A one-output head is read through a sigmoid (binary relevance or a
-regression score); a head with 2+ outputs through a softmax, the last label being "positive".
+with, a worked answer the result it ends with). A one-output head is read through a sigmoid
+(binary relevance or a regression score); a head with 2+ outputs through a softmax, the last label
+being "positive".
 
 A bare encoder (a checkpoint without a classification head, such as all-MiniLM-L6-v2) gets a
 freshly initialised head. Its initialisation is seeded, so the same checkpoint scores the same in
