@@ -199,7 +199,8 @@ class TrainScorer(Pass):
         fold = [fold_of(r[3], self.folds) for r in rows]
         ctx.reporter.note(f"{what}, cross-fitted in {self.folds} folds, on {len(rows)} pairs "
                           f"({sum(r[2] for r in rows):.0f} positive)")
-        copies, held_out = [], [0.0] * len(rows)
+        copies: list[Model] = []
+        held_out: list[float | None] = [None] * len(rows)
         for f in range(self.folds):
             train = [r for r, g in zip(rows, fold, strict=True) if g != f]
             if len({r[2] for r in train}) < 2:
@@ -212,17 +213,14 @@ class TrainScorer(Pass):
             with use_cache(ctx.store.cache):
                 got = scorer_training.scores(copy, node, [rows[i][1] for i in mine])
             for i, score in zip(mine, got, strict=True):
-                held_out[i] = float("nan") if score is None else score
+                held_out[i] = score
             copies.append(copy)
         trained = self._fit_rows(model, node, rows, members, kind, out / "all", ctx, " (all rows)")
-        labels = [r[2] for r in rows]
         before = _held_out(model, node, rows, ctx)[0]
-        scored = [(s, y) for s, y in zip(held_out, labels, strict=True) if s == s]
-        after = auc([s for s, _ in scored], [y for _, y in scored]) if scored else None
+        after, accuracy = _auc_accuracy(held_out, rows)
         ctx.details[members[0]] = {"kind": kind, "pairs": len(rows), "folds": self.folds,
                                    "auc_before": before, "auc_after": after,
-                                   "accuracy_after": (sum((s >= 0.5) == (y >= 0.5) for s, y in scored)
-                                                      / len(scored) if scored else None)}
+                                   "accuracy_after": accuracy}
         ctx.reporter.note(f"{self.name}: out-of-fold AUC {_fmt(before)} (untrained) -> {_fmt(after)}")
         return trained, copies
 
@@ -255,7 +253,11 @@ def _held_out(model: Model, node: Node, rows: list[Example],
               ctx: CompileContext) -> tuple[float | None, float | None]:
     """(AUC, accuracy at 0.5) of `model`'s scores on the held-out rows."""
     with use_cache(ctx.store.cache):
-        got = scorer_training.scores(model, node, [r[1] for r in rows])
+        return _auc_accuracy(scorer_training.scores(model, node, [r[1] for r in rows]), rows)
+
+
+def _auc_accuracy(got: list[float | None], rows: list[Example]) -> tuple[float | None, float | None]:
+    """(AUC, accuracy at 0.5) of scores against the rows' labels; unscored rows are left out."""
     scored = [(s, r[2]) for s, r in zip(got, rows, strict=True) if s is not None]
     if not scored:
         return None, None
