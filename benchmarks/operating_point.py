@@ -1,29 +1,36 @@
-"""How often the operating point `Calibrate` chooses holds up on new data, by resampling.
+"""Does `Calibrate(epsilon=...)` keep its promise? Measured over many random draws, not one split.
 
-A suite run (`tandem suite replay --out RUNS`) compiles each task on its train split, so the
-compiled judges and router have never seen its test rows. Here every stage answers every test row
-once (through the compiled program, judged by its judges), and then, `--repeats` times per size:
-`--sizes` test rows drawn at random play the calibration split — the same search and the same
-choice rule as `Calibrate` — and the chosen point is scored on the remaining rows against the best
-single model there. That is a calibration set of a known size with honest judge scores and an
-independent test set, drawn as often as wanted, which one train/test split cannot give.
+A suite run (`tandem suite replay --data DIR --out RUN`) compiles each task on its train split,
+so the compiled judges and router have never seen its test rows. Here every stage answers every
+test row once (through the compiled program, judged by its judges); then, `--draws` times per
+task, the test rows are shuffled and cut into `--labels` labelled rows and `--unlabeled` rows
+whose labels are hidden — the calibration data — and the rest, on which the chosen point is
+evaluated. Per draw:
 
-Per rule (a set of `robust_choice` options, e.g. "delta=0.1" or "delta=0.02,tie=0.5"; "best"
-picks the reference single model, no cascade): how often the point is within `--tolerance`
-points of the best single model on the remaining rows, how often it costs more than that model,
-its mean accuracy difference, its median cost fraction, and how often it captures at least half of
-the saving the remaining rows' own test curve offers at parity (where it offers one). The last
-line is one JSON object.
+* the reference is the best single model on the draw's labelled rows (what a user would deploy
+  without tandem), and `certify` chooses the cheapest configuration it certifies against it
+  (`Calibrate`'s own search and test, `--epsilon` points, risk `--delta`);
+* a violation is the chosen point's accuracy on the evaluation rows falling more than ε below
+  the reference's there;
+* its cost fraction is its mean cost there over the reference's;
+* `oracle_within_0_5`: whether it is within half a point of the best single model of the
+  evaluation rows (which no rule can know).
 
-    python benchmarks/operating_point.py --runs runs/suite-replay --data DIR
-        [--tasks mmlu/llama,triviaqa/llama] [--sizes 300,600] [--repeats 12]
-        [--rules best "delta=0.1" "delta=0.1,tie=0.8" "delta=0.02,tie=0.5"]
+With `--compare`, the uncertified rule `Calibrate(match=1.0)` (the cheapest point matching the
+reference on the labelled rows) is scored on the same draws. A task with too few test rows for
+the asked sizes (and at least `MIN_EVAL` left to evaluate on) is skipped with a note. The last
+line printed is one JSON object.
+
+    python benchmarks/operating_point.py --runs RUN --data DIR [--labels 150] [--unlabeled 500]
+        [--draws 40] [--epsilon 1.0] [--delta 0.1] [--seed 0] [--tasks mmlu/llama,overruling]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +40,9 @@ import numpy as np
 from tandemlm.evaluate.loading import load_program
 from tandemlm.optimizers import Calibrate, load
 from tandemlm.optimizers.calibrate import router_chances
-from tandemlm.optimizers.cost_quality import Point, cost_quality_points, outcome, robust_choice
+from tandemlm.optimizers.certify import certify
+from tandemlm.optimizers.cost_quality import Point, outcome, search
+from tandemlm.optimizers.cost_table import Table, agreement, table_of
 from tandemlm.optimizers.passes import CompileContext
 from tandemlm.optimizers.report import Reporter
 from tandemlm.optimizers.stage_runs import StageRun, cascade_inputs, cascades, run_every_stage
@@ -41,53 +50,112 @@ from tandemlm.optimizers.trace_store import TraceStore
 from tandemlm.suites.replay import suite
 from tandemlm.suites.run import slug
 
-
-def subset(runs: list[StageRun], rows: np.ndarray) -> list[StageRun]:
-    """The stage runs restricted to `rows` (indices into the examples), in that order."""
-    def pick(values: list) -> list:
-        return [values[i] for i in rows] if values else values
-    return [StageRun(r.index, r.name, pick(r.answers), pick(r.correct), pick(r.usd), pick(r.flops),
-                     pick(r.scores), pick(r.judge_traces), pick(r.judge_usd), pick(r.judge_flops))
-            for r in runs]
+#: evaluation rows a draw keeps at least
+MIN_EVAL = 100
 
 
-def parse_rule(text: str) -> dict[str, float] | None:
-    """"delta=0.02,tie=0.5" -> {"delta": 0.02, "tie": 0.5}; "best" -> None."""
-    if text == "best":
-        return None
-    out = {}
-    for part in filter(None, text.split(",")):
-        key, value = part.split("=")
-        if key not in ("delta", "tie", "tolerance", "tolerance_se", "match"):
-            raise SystemExit(f"rule option '{key}' is not one of delta, tie, tolerance, "
-                             f"tolerance_se, match")
-        out[key] = float(value)
-    return out
+class TaskRows:
+    """Every stage of a task's compiled cascade on every test row, as tables."""
+
+    def __init__(self, task: Any, out: Path) -> None:
+        compiled = load(out / slug(task.name) / "compiled", load_program(task.program))
+        path, cascade = next(iter(cascades(compiled).items()))
+        store = TraceStore(task.metric, progress=False)
+        ctx = CompileContext(trainset=task.test, valset=[], metric=task.metric, store=store,
+                             out=out / slug(task.name) / "compiled", reporter=Reporter())
+        rows = cascade_inputs(store.run(compiled, task.test), path)
+        self.runs: list[StageRun] = run_every_stage(compiled, path, rows, ctx, cross_fit=False)
+        inputs = [values for _, values in rows]
+        chances = router_chances(cascade, inputs, self.runs, cross_fit=False)
+        routing = cascade.router.costs(inputs) if chances is not None else None
+        self.table = table_of(self.runs, cascade.judges, cross_fit=False, chances=chances,
+                              router_cost=routing)
+        self.calibrate = next((p for p in task.passes if isinstance(p, Calibrate)), Calibrate())
+        judged = [j is not None and t for j, t in zip(cascade.judges, self.table.judged, strict=True)]
+        self.search = functools.partial(search, max_stages=self.calibrate.max_stages,
+                                        grid=self.calibrate.grid, order=self.calibrate.order,
+                                        judged=judged)
+        self.names = [s.name for s in cascade.solvers]
+        self._agreeing: dict[int, Table] = {}
+
+    @property
+    def n(self) -> int:
+        return self.table.n
+
+    def agreeing(self, reference: int) -> Table:
+        """The table with each stage's agreement with `reference` as its values (unlabeled)."""
+        if reference not in self._agreeing:
+            self._agreeing[reference] = self.table.with_correct(agreement(self.runs, reference),
+                                                                labelled=False)
+        return self._agreeing[reference]
 
 
-def test_runs(task: Any, out: Path) -> tuple[Any, list[StageRun], np.ndarray | None, Calibrate]:
-    """The compiled cascade of `task` (from its suite run in `out`), every stage of it on every
-    test row, the router's chances there, and the task's Calibrate pass."""
-    compiled = load(out / slug(task.name) / "compiled", load_program(task.program))
-    path, cascade = next(iter(cascades(compiled).items()))
-    store = TraceStore(task.metric, progress=False)
-    ctx = CompileContext(trainset=task.test, valset=[], metric=task.metric, store=store,
-                         out=out / slug(task.name) / "compiled", reporter=Reporter())
-    rows = cascade_inputs(store.run(compiled, task.test), path)
-    runs = run_every_stage(compiled, path, rows, ctx, cross_fit=False)
-    chances = router_chances(cascade, [values for _, values in rows], runs, cross_fit=False)
-    calibrate = next(p for p in task.passes if isinstance(p, Calibrate))
-    return cascade, runs, chances, calibrate
+def single(table: Table, s: int) -> Point:
+    right, cost = outcome(table, Point((s,), (), 0.0, 0.0))
+    return Point((s,), (), float(right.mean()), float(cost.mean()))
 
 
-def choose(table: Any, points: list[Point], rule: dict[str, float] | None, seed: int) -> Point:
-    singles = [p for p in points if len(p.chain) == 1]
-    if rule is None:  # the reference single model alone
-        return robust_choice(table, singles, 1.0, delta=0.1, tolerance=0.0, resamples=500,
-                             tie=0.5, seed=seed)[1]
-    options = {"delta": 0.1, "tolerance": 0.0, "match": 1.0, **rule}
-    match = options.pop("match")
-    return robust_choice(table, points, match, resamples=1000, seed=seed, **options)[0]
+def reference_of(table: Table) -> int:
+    """The best single stage on the table (the cheaper one on a tie)."""
+    singles = [single(table, s) for s in range(len(table.correct))]
+    return max(singles, key=lambda p: (p.quality, -p.cost)).chain[0]
+
+
+def matching(table: Table, points: list[Point], reference: int) -> Point:
+    """`Calibrate(match=1.0)`: the cheapest point at least as good as the reference there."""
+    ref = next(p for p in points if p.chain == (reference,))
+    return min((p for p in points if p.quality >= ref.quality - 1e-12 and p.cost <= ref.cost),
+               key=lambda p: (p.cost, -p.quality))
+
+
+def draw(task: TaskRows, labels: int, unlabeled: int, epsilon: float, delta: float,
+         seed: int, compare: bool) -> dict[str, Any]:
+    """One draw: calibrate on `labels` + `unlabeled` rows, evaluate on the rest."""
+    order = np.random.default_rng(seed).permutation(task.n)
+    mine, hidden, held = order[:labels], order[labels:labels + unlabeled], order[labels + unlabeled:]
+    labelled = task.table.take(mine)
+    ref = reference_of(labelled)
+    parts = [labelled] + ([task.agreeing(ref).take(hidden)] if unlabeled else [])
+    started = time.perf_counter()
+    cert = certify(Table.stack(parts).relative_to(ref), ref, epsilon=epsilon, delta=delta,
+                   search=task.search, select=task.calibrate.select, seed=seed)
+    seconds = time.perf_counter() - started
+    test = task.table.take(held)
+    on_test = single(test, ref)
+    best = max(single(test, s).quality for s in range(len(test.correct)))
+    result = {"reference": task.names[ref], "reference_accuracy": on_test.quality,
+              "certified": cert.certified, "seconds": seconds,
+              "rows_needed": (cert.needed or {}).get("rows"),
+              "rules": {"certified": score(test, cert.chosen, on_test, best, epsilon)}}
+    if compare:
+        chosen = matching(labelled, task.search(labelled), ref)
+        result["rules"]["match"] = score(test, chosen, on_test, best, epsilon)
+    return result
+
+
+def score(test: Table, chosen: Point, reference: Point, best: float, epsilon: float) -> dict[str, Any]:
+    right, cost = outcome(test, chosen)
+    accuracy = float(right.mean())
+    return {"kind": chosen.kind, "accuracy": accuracy,
+            "delta_points": 100 * (accuracy - reference.quality),
+            "violation": accuracy < reference.quality - epsilon - 1e-12,
+            "cost_fraction": float(cost.mean()) / reference.cost if reference.cost else 1.0,
+            "oracle_within_0_5": accuracy >= best - 0.005 - 1e-12}
+
+
+def summarise(draws: list[dict[str, Any]], rule: str) -> dict[str, Any]:
+    figures = [d["rules"][rule] for d in draws]
+    violations = [f["violation"] for f in figures]
+    rate = float(np.mean(violations)) if figures else None
+    return {"violation_rate": rate,
+            "violation_rate_se": (math.sqrt(rate * (1 - rate) / len(figures)) if figures else None),
+            "median_cost_fraction": float(np.median([f["cost_fraction"] for f in figures]))
+            if figures else None,
+            "mean_delta_points": float(np.mean([f["delta_points"] for f in figures])) if figures else None,
+            "oracle_within_0_5": float(np.mean([f["oracle_within_0_5"] for f in figures]))
+            if figures else None,
+            "saving_share": float(np.mean([f["cost_fraction"] < 1 - 1e-9 for f in figures]))
+            if figures else None}
 
 
 def main() -> None:
@@ -95,100 +163,67 @@ def main() -> None:
     parser.add_argument("--runs", required=True, help="a replay suite run directory")
     parser.add_argument("--data", required=True, help="the replay data directory it ran on")
     parser.add_argument("--tasks", default="", help="comma-separated task names (default: all)")
-    parser.add_argument("--sizes", default="300,600", help="calibration sizes to draw")
-    parser.add_argument("--repeats", type=int, default=12)
-    parser.add_argument("--tolerance", type=float, default=0.5, help="accuracy points")
-    parser.add_argument("--rules", nargs="+",
-                        default=["best", "delta=0.1", "delta=0.1,tie=0.8", "delta=0.02,tie=0.5"])
+    parser.add_argument("--labels", type=int, default=150, help="labelled rows per draw")
+    parser.add_argument("--unlabeled", type=int, default=0, help="unlabeled rows per draw")
+    parser.add_argument("--draws", type=int, default=40, help="draws per task")
+    parser.add_argument("--epsilon", type=float, default=1.0, help="accuracy points ε")
+    parser.add_argument("--delta", type=float, default=0.1, help="risk δ")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
+                        help="also score the uncertified Calibrate(match=1.0) on the same draws")
     args = parser.parse_args()
-    started = time.perf_counter()
-    rules = {r: parse_rule(r) for r in args.rules}
+    if args.labels < 1 or args.unlabeled < 0 or args.draws < 1 or not 0 < args.delta <= 0.5 \
+            or not 0 < args.epsilon < 100:
+        raise SystemExit("need --labels >= 1, --unlabeled >= 0, --draws >= 1, 0 < --delta <= 0.5 "
+                         "and 0 < --epsilon < 100 (points)")
+    started, epsilon = time.perf_counter(), args.epsilon / 100
     replay = suite(args.data)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    draws: list[dict[str, Any]] = []
-    for name in replay.select([t for t in args.tasks.split(",") if t] or None):
-        task = replay.task(name)
-        cascade, runs, chances, calibrate = test_runs(task, Path(args.runs))
-        n = len(runs[0].answers)
-        rng = np.random.default_rng(args.seed)
-        for size in sizes:
-            if size > n - 100:
-                print(f"{name}: skipping size {size} (only {n} test rows; 100 stay to test on)")
+    draws: dict[str, list[dict[str, Any]]] = {}
+    skipped: dict[str, str] = {}
+    for t, name in enumerate(replay.select([t for t in args.tasks.split(",") if t] or None)):
+        spec = replay.task(name)
+        if len(spec.test) < args.labels + args.unlabeled + MIN_EVAL:
+            skipped[name] = (f"{len(spec.test)} test rows: fewer than {args.labels} labelled + "
+                             f"{args.unlabeled} unlabeled + {MIN_EVAL} to evaluate on")
+            print(f"{name}: skipped ({skipped[name]})", flush=True)
+            continue
+        task = TaskRows(spec, Path(args.runs))
+        draws[name] = []
+        for d in range(args.draws):
+            got = draw(task, args.labels, args.unlabeled, epsilon, args.delta,
+                       seed=args.seed * 100_003 + t * 1009 + d, compare=args.compare)
+            draws[name].append(got)
+            shown = " | ".join(f"{rule}: {'VIOLATION ' if f['violation'] else ''}"
+                               f"{f['delta_points']:+.2f} pt at {f['cost_fraction']:.2f}"
+                               for rule, f in got["rules"].items())
+            print(f"{name} #{d}: reference {got['reference']} | {shown}", flush=True)
+    rules = ["certified"] + (["match"] if args.compare else [])
+    every = [d for task in draws.values() for d in task]
+    print_table(draws, rules)
+    out = {"epsilon": args.epsilon, "delta": args.delta, "labels": args.labels,
+           "unlabeled": args.unlabeled, "draws": {k: len(v) for k, v in draws.items()},
+           "tasks": list(draws), "skipped": skipped, "seed": args.seed,
+           **summarise(every, "certified"),
+           "per_task": {k: summarise(v, "certified") for k, v in draws.items()},
+           "seconds": round(time.perf_counter() - started, 1)}
+    if args.compare:
+        out["match"] = {**summarise(every, "match"),
+                        "per_task": {k: summarise(v, "match") for k, v in draws.items()}}
+    print(json.dumps(out))
+
+
+def print_table(draws: dict[str, list[dict[str, Any]]], rules: list[str]) -> None:
+    print(f"{'task':<22} {'rule':<10} {'draws':>5} {'violations':>10} {'median cost':>11} "
+          f"{'saving in':>9} {'within 0.5 of oracle':>20}")
+    groups = [*draws.items(), ("all", [d for task in draws.values() for d in task])]
+    for name, mine in groups:
+        for rule in rules:
+            s = summarise(mine, rule)
+            if s["violation_rate"] is None:
                 continue
-            for repeat in range(args.repeats):
-                draws.append(draw(name, size, repeat, rng, runs, chances, cascade, calibrate, rules))
-    print_summary(draws, rules, args.tolerance)
-    print(json.dumps({"seconds": round(time.perf_counter() - started, 1),
-                      "tolerance_points": args.tolerance, "draws": len(draws),
-                      "rules": summary(draws, rules, args.tolerance)}))
-
-
-def draw(name: str, size: int, repeat: int, rng: np.random.Generator, runs: list[StageRun],
-         chances: np.ndarray | None, cascade: Any, calibrate: Calibrate,
-         rules: dict[str, dict[str, float] | None]) -> dict[str, Any]:
-    """One calibration draw of `size` rows: every rule's point, scored on the other rows."""
-    n = len(runs[0].answers)
-    order = rng.permutation(n)
-    parts = [np.sort(order[:size]), np.sort(order[size:])]
-    tables = []
-    for rows in parts:
-        tables.append(cost_quality_points(
-            subset(runs, rows), cascade.judges, max_stages=calibrate.max_stages,
-            grid=calibrate.grid, order=calibrate.order, cross_fit=False,
-            chances=None if chances is None else chances[:, rows]))
-    (cal, cal_points), (held, held_points) = tables
-    singles = [p for p in held_points if len(p.chain) == 1]
-    best = max(singles, key=lambda p: (p.quality, -p.cost))
-    parity = [p.cost for p in held_points if len(p.chain) > 1 and p.quality >= best.quality - 1e-12]
-    result = {"task": name, "size": size, "repeat": repeat,
-              "parity": min(parity) / best.cost if parity and best.cost else None, "rules": {}}
-    for label, rule in rules.items():
-        chosen = choose(cal, cal_points, rule, seed=repeat)
-        right, paid = outcome(held, chosen)
-        result["rules"][label] = {"delta_points": 100 * (float(right.mean()) - best.quality),
-                                  "cost_fraction": float(paid.mean()) / best.cost if best.cost else 1.0,
-                                  "kind": chosen.kind}
-    shown = " ".join(f"{k}: {v['delta_points']:+.2f}/{v['cost_fraction']:.2f}"
-                     for k, v in result["rules"].items())
-    print(f"{name} size {size} #{repeat}: parity {result['parity'] or float('nan'):.2f} | {shown}",
-          flush=True)
-    return result
-
-
-def summary(draws: list[dict[str, Any]], rules: dict[str, Any], tolerance: float) -> dict[str, Any]:
-    out = {}
-    for label in rules:
-        d = np.array([x["rules"][label]["delta_points"] for x in draws])
-        f = np.array([x["rules"][label]["cost_fraction"] for x in draws])
-        offered = [(x["parity"], x["rules"][label]["cost_fraction"]) for x in draws
-                   if x["parity"] is not None and x["parity"] < 1]
-        out[label] = {"within": float(np.mean(d >= -tolerance - 1e-9)),
-                      "dearer": float(np.mean(f > 1 + 1e-9)),
-                      "mean_delta_points": float(d.mean()),
-                      "median_cost_fraction": float(np.median(f)),
-                      "captures_half": (float(np.mean([1 - c >= (1 - p) / 2 for p, c in offered]))
-                                        if offered else None)}
-    return out
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
-
-
-def print_summary(draws: list[dict[str, Any]], rules: dict[str, Any], tolerance: float) -> None:
-    groups = sorted({(x["task"], x["size"]) for x in draws})
-    for label, figures in summary(draws, rules, tolerance).items():
-        per = []
-        for task, size in groups:
-            mine = [x for x in draws if (x["task"], x["size"]) == (task, size)]
-            ok = sum(x["rules"][label]["delta_points"] >= -tolerance - 1e-9 for x in mine)
-            per.append(f"{task}@{size} {ok}/{len(mine)}")
-        print(f"{label:>22}: within {tolerance} pt {figures['within']:.2f}, dearer "
-              f"{figures['dearer']:.2f}, mean Δ {figures['mean_delta_points']:+.2f} pts, median cost "
-              f"fraction {figures['median_cost_fraction']:.3f}, captures half of the parity saving "
-              f"{_round(figures['captures_half'])}"
-              f" | {', '.join(per)}")
+            print(f"{name:<22} {rule:<10} {len(mine):>5} {s['violation_rate']:>10.3f} "
+                  f"{s['median_cost_fraction']:>11.3f} {s['saving_share']:>9.2f} "
+                  f"{s['oracle_within_0_5']:>20.2f}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ fraction of the test curve. The baselines (every single model) run in the same e
 the same recorded answers. The last line is one JSON object.
 
     python benchmarks/replay_suite.py [--data ../shared/data/replay] [--out runs/suite-replay]
-        [--tasks mmlu/llama,overruling] [--delta 0.1 | --z 1.0] [--no-router] [--folds 2]
+        [--tasks mmlu/llama,overruling] [--epsilon 1.0] [--delta 0.1] [--labels N] [--no-router]
+        [--folds 2]
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/replay"))
     parser.add_argument("--out", default="runs/suite-replay")
     parser.add_argument("--tasks", default="", help="comma-separated task names (default: all)")
-    parser.add_argument("--delta", type=float, default=0.1,
-                        help="Calibrate's bootstrap risk (the default rule)")
-    parser.add_argument("--z", type=float, default=None,
-                        help="use Calibrate's standard-error rule with this z instead of --delta")
+    parser.add_argument("--epsilon", type=float, default=1.0,
+                        help="accuracy points Calibrate may lose to the best single model")
+    parser.add_argument("--delta", type=float, default=0.1, help="the risk of Calibrate's promise")
+    parser.add_argument("--labels", type=int, default=None,
+                        help="keep the labels of this many train rows; the rest are unlabeled")
     parser.add_argument("--no-router", dest="router", action="store_false",
                         help="cascades only: no TextRouter, so Calibrate weighs no routers or hybrids")
     parser.add_argument("--folds", type=int, default=2,
@@ -39,7 +41,7 @@ def main() -> None:
                              "train split, calibrate on the rest)")
     args = parser.parse_args()
     started = time.perf_counter()
-    rule = {"z": args.z} if args.z is not None else {"delta": args.delta}
+    rule = {"epsilon": args.epsilon / 100, "delta": args.delta, "labels": args.labels}
     results = run_suite(suite(args.data, router=args.router, folds=args.folds, **rule), args.out,
                         tasks=[t for t in args.tasks.split(",") if t] or None)
     seconds = time.perf_counter() - started
@@ -54,7 +56,8 @@ def main() -> None:
                          "cascade_accuracy": cascade["accuracy"],
                          "delta_points": 100 * (cascade["accuracy"] - best["accuracy"]),
                          "cost_ratio": cascade["cost_fraction"],
-                         "parity_cost_ratio": task["parity_cost_fraction"]}
+                         "parity_cost_ratio": task["parity_cost_fraction"],
+                         "certified": (task.get("promise") or {}).get("certified")}
         print(f"{name}: cascade {cascade['accuracy']:.3f} vs {best['model']} {best['accuracy']:.3f} "
               f"({summary[name]['delta_points']:+.1f} pts) at {cascade['cost_fraction']:.3f}x its cost"
               f"; test-curve parity at {task['parity_cost_fraction'] or float('nan'):.3f}x")

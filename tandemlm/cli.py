@@ -89,6 +89,8 @@ def suite_command(
                                                  "a re-run resumes each task's compile"),
     data: Path | None = typer.Option(None, "--data", help="the suite's data directory (replay: a "
                                                           "directory of replay .jsonl files)"),
+    labels: int | None = typer.Option(None, "--labels", help="replay: keep the labels of this "
+                                      "many train rows per task; the rest become unlabeled inputs"),
     list_tasks: bool = typer.Option(False, "--list", help="list the suite's tasks and exit"),
 ) -> None:
     """Compile and evaluate every task of a suite: results.json, per-example JSONL, a table."""
@@ -96,8 +98,10 @@ def suite_command(
     from tandemlm.suites.suite import load_suite
 
     names = [n.strip() for item in tasks for n in item.split(",") if n.strip()]
+    options = {**({"data": str(data)} if data is not None else {}),
+               **({"labels": labels} if labels is not None else {})}
     try:
-        loaded = load_suite(suite, **({"data": str(data)} if data is not None else {}))
+        loaded = load_suite(suite, **options)
         if list_tasks:
             for name in loaded.names():
                 console.print(name)
@@ -252,6 +256,9 @@ def compile_command(
     out: Path = typer.Option(..., "--out", help="artifact directory (a rerun resumes there)"),
     val: Path | None = typer.Option(None, "--val", help="validation examples: passes select on "
                                                         "them and the report measures on them"),
+    unlabeled: Path | None = typer.Option(None, "--unlabeled", help="inputs without labels "
+                                          "(.jsonl, .json or .csv): Calibrate(epsilon=...) "
+                                          "certifies against agreement with the reference on them"),
     passes: list[str] = typer.Option(["BootstrapDemos"], "--passes",
                                      help="a pass spec, repeatable, run in order: Name, "
                                           "Name(option=literal, ...) or MODULE:Class"),
@@ -271,12 +278,17 @@ def compile_command(
         steps = parse_passes(passes)
         pipeline = load_any_program(program, trust_source=trust_source, confirm=_ask_to_run)
         compiled = compile(pipeline, train, load_metric(metric),
-                           passes=steps, valset=val, out_dir=out, source=spec_source(program),
-                           seed=seed, batch_size=batch_size, reporter=RichReporter(console),
-                           cache=not no_cache)
+                           passes=steps, valset=val, unlabeled=unlabeled, out_dir=out,
+                           source=spec_source(program), seed=seed, batch_size=batch_size,
+                           reporter=RichReporter(console), cache=not no_cache)
     except TandemError as exc:
         _fail(exc)
     console.print(report_table(compiled.compile_report, "val" if val is not None else "train"))
+    for step in compiled.compile_report:
+        for path, figures in step.details.items():
+            if isinstance(figures, dict) and "promise" in figures:
+                console.print(f"{path}: {figures['promise']['statement']}", markup=False,
+                              soft_wrap=True)
     code = spec_source(program) or program
     console.print(f"compiled program written to {out}/program.json (report: {out}/report.json); "
                   f"evaluate it with `tandem eval {out}@{code} --data FILE --metric {metric}`")

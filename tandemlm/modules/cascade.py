@@ -23,7 +23,7 @@ from typing import Any
 
 from tandemlm.compose import Composite, Node, NodeTrace, RunContext
 from tandemlm.compose.node import Fields
-from tandemlm.compose.trace import spent
+from tandemlm.compose.trace import account, spent
 from tandemlm.modules.judges import Judge, as_judge
 from tandemlm.modules.router import TextRouter, entries
 from tandemlm.runtime import ConfigError
@@ -207,4 +207,9 @@ class Cascade(Composite):
         out = entries(chances, self.order, self.router_threshold).tolist()
         for trace, position in zip(traces, out, strict=True):
             trace.info["entered_at"] = self.order[position]
+        encoder = self.router.encoder
+        for trace, call in zip(traces, self.router.calls(inputs), strict=False):
+            routed = NodeTrace(node=f"{self.name}.router", inputs={}, model=encoder.name)
+            account(routed, encoder, call)  # the router's own call, charged to its example
+            trace.children.append(routed)
         return out

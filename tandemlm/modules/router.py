@@ -6,7 +6,8 @@ of one text field (a few-shot prompt keeps its question at the end), as hashed w
 bigrams plus its length — and predicts, per stage, the chance that stage answers right: a logistic
 model per stage. With `encoder` (an `hf-classifier` model such as all-MiniLM-L6-v2) the features
 also hold the text's sentence embedding, which carries more than word counts on a few hundred
-labels; the router's calls are local and reported as free. With `threshold` τ set, an example enters the
+labels; the router's own calls are charged to each example it routes at its encoder's price (FLOPs
+when unpriced), at run time and in `Calibrate`'s search alike. With `threshold` τ set, an example enters the
 cascade's chain at the first stage whose predicted chance reaches τ (the last stage when none
 does) and goes on from there as usual; with every judge threshold at −inf the first stage it
 enters answers: pure routing. Without τ (the default) the router is off.
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from tandemlm.runtime import ConfigError
+from tandemlm.runtime import ClassifyResult, ConfigError
 
 _WORD = re.compile(r"\w+")
 
@@ -82,6 +83,24 @@ class TextRouter:
             embedded = self.encoder.backend.embed([str(t or "")[-self.tail:] for t in texts])
             out = np.hstack([out, np.asarray(embedded, dtype=float)])
         return out
+
+    def calls(self, inputs: list[dict[str, Any]]) -> list[ClassifyResult]:
+        """One encoder call per input as the router makes it (its token count, for pricing by
+        `encoder.cost`); none without an encoder (hashing words costs nothing worth counting)."""
+        if self.encoder is None:
+            return []
+        texts = [str(x.get(self.field) or "")[-self.tail:] for x in inputs]
+        counts = self.encoder.backend.token_counts(texts) \
+            if callable(getattr(self.encoder.backend, "token_counts", None)) else [None] * len(texts)
+        return [ClassifyResult(tokens_in=k) for k in counts]
+
+    def costs(self, inputs: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+        """Per input, what routing it costs: (USD, FLOPs), 0 where unknown."""
+        calls = self.calls(inputs)
+        if not calls:
+            return [0.0] * len(inputs), [0.0] * len(inputs)
+        priced = [self.encoder.cost(c) for c in calls]  # type: ignore[union-attr]
+        return [c.usd or 0.0 for c in priced], [c.flops or 0.0 for c in priced]
 
     # -- prediction ----------------------------------------------------------------------------
     def predict(self, inputs: list[dict[str, Any]], n_stages: int) -> np.ndarray:

@@ -35,11 +35,13 @@ from tandemlm.optimizers.trace_store import TraceStore
 from tandemlm.runtime import ArtifactError, CallCache, ConfigError
 
 
-def _inputs_key(pipeline: Pipeline, out: Path, train: list, val: list, metric: Metric, seed: int) -> str:
+def _inputs_key(pipeline: Pipeline, out: Path, train: list, val: list, metric: Metric, seed: int,
+                unlabeled: list | None = None) -> str:
     """What a resumed compile must share with the interrupted one: the program's state, the data,
     and the content of every model it calls (a model retrained at the same path is another
     input: its fingerprint covers the weights' identity and the adapter's files)."""
     payload = {"state": snapshot(pipeline, out)["state"], "train": train, "val": val, "seed": seed,
+               **({"unlabeled": unlabeled} if unlabeled else {}),
                "metric": getattr(metric, "__qualname__", type(metric).__name__),
                "models": {name: model.fingerprint for name, model in pipeline.models_used().items()}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=repr).encode()).hexdigest()
@@ -89,7 +91,8 @@ def _as_passes(passes: Iterable[Pass]) -> list[Pass]:
 
 
 def compile(pipeline: Pipeline, trainset: Any, metric: Metric, *, passes: Sequence[Pass],
-            valset: Any = None, out_dir: str | Path | None = None, source: str | None = None,
+            valset: Any = None, unlabeled: Any = None, out_dir: str | Path | None = None,
+            source: str | None = None,
             seed: int = 0, threshold: float | None = None, batch_size: int = 64,
             progress: bool = True, reporter: Reporter | None = None, cache: bool = True) -> Pipeline:
     """Compile `pipeline`; see the module docstring.
@@ -100,6 +103,9 @@ def compile(pipeline: Pipeline, trainset: Any, metric: Metric, *, passes: Sequen
             given, else on the trainset.
         metric: `metric(example, prediction, trace=None)` -> bool or float.
         passes: the passes, run in order.
+        unlabeled: inputs without labels (a path or a list), for passes that can use them:
+            `Calibrate(epsilon=...)` certifies against agreement with the reference model on
+            them. Their labels, if any, are never read.
         out_dir: artifact directory (a temporary one when omitted: no resume).
         source: how to rebuild the program ("file.py:NAME"), recorded for the user (who may run
             it: `load(out_dir, trust_source=True)`).
@@ -115,10 +121,13 @@ def compile(pipeline: Pipeline, trainset: Any, metric: Metric, *, passes: Sequen
     val = (require_examples(load_data(valset), valset, what="validation data",
                             hint="or leave the valset out (no --val) to select and report on the "
                                  "trainset") if valset is not None else [])
+    extra = (require_examples(load_data(unlabeled), unlabeled, what="unlabeled inputs",
+                              hint="or leave them out (no --unlabeled)")
+             if unlabeled is not None else [])
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="tandem-compile-"))
     out.mkdir(parents=True, exist_ok=True)
     reporter = reporter or (RichReporter() if progress else Reporter())
-    _start_record(out, _inputs_key(pipeline, out, train, val, metric, seed), reporter)
+    _start_record(out, _inputs_key(pipeline, out, train, val, metric, seed, extra), reporter)
     calls = CallCache(out / "calls.sqlite" if cache else None)
     store = TraceStore(metric, cache=calls, threshold=threshold, batch_size=batch_size,
                        progress=progress)
@@ -129,7 +138,7 @@ def compile(pipeline: Pipeline, trainset: Any, metric: Metric, *, passes: Sequen
     try:
         for index, step in enumerate(steps, 1):
             ctx = CompileContext(train, val, metric, store, out, index=index, seed=seed,
-                                 reporter=reporter)
+                                 reporter=reporter, unlabeled=extra)
             marker = out / "passes" / f"{index:02d}-{step.name}.json"
             report = _resume(marker, step, out, current, reporter) if resuming else None
             if report is None:

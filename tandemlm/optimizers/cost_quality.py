@@ -3,10 +3,11 @@
 Every stage answers every calibration example once (`stage_runs`), so any chain of stages and
 thresholds can be scored from arrays: an example stops at the first stage whose judge score reaches
 its threshold, pays every stage it went through (solver and judge), and is right when that stage's
-answer is. `cost_quality_points` scores every chain of up to `max_stages` stages at thresholds on
-quantiles of each judge's scores (with a router's predictions, also routers and hybrids);
-`frontier` keeps the Pareto-optimal points and `robust_choice` picks one that holds up under
-bootstrap resamples. `Calibrate` (calibrate.py) is the compile pass built on them.
+answer is. A `Table` holds those arrays (on unlabeled rows, whether each stage agrees with the
+reference stage instead of whether it is right); `search` scores every chain of up to
+`max_stages` stages at thresholds on quantiles of each judge's scores (with a router's
+predictions, also routers and hybrids), and `frontier` keeps the Pareto-optimal points.
+`certify.py` chooses a point with a guarantee; `Calibrate` (calibrate.py) is the compile pass.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 
 from tandemlm.modules.cascade import json_threshold
 from tandemlm.modules.router import entries
-from tandemlm.optimizers.stage_runs import StageRun, examples_digest
+from tandemlm.optimizers.cost_table import Table, table_of
+from tandemlm.optimizers.stage_runs import StageRun
 
 
 @dataclass
@@ -31,11 +33,12 @@ class Point:
     thresholds: tuple[float, ...]
     quality: float
     cost: float
-    #: standard error of the mean per-example difference from the best single stage, counting
-    #: one disagreement more than seen (0 for single stages)
-    se: float = 0.0
     #: the router's entry threshold (None: every example enters at the first stage)
     router: float | None = None
+    #: with the table's `base` set, the share of rows where this point's answer is worth other
+    #: than the reference's (labelled: right where it is wrong or wrong where it is right;
+    #: unlabeled: another answer)
+    discord: float = 0.0
 
     @property
     def kind(self) -> str:
@@ -50,71 +53,8 @@ class Point:
     def to_dict(self, names: list[str]) -> dict[str, Any]:
         return {"stages": [names[s] for s in self.chain], "order": list(self.chain),
                 "thresholds": [json_threshold(x) for x in self.thresholds], "quality": self.quality,
-                "cost": self.cost, "se": self.se, "kind": self.kind,
+                "cost": self.cost, "kind": self.kind,
                 **({"router_threshold": self.router} if self.router is not None else {})}
-
-
-
-
-class _Table:
-    """Per-stage arrays over the calibration examples."""
-
-    def __init__(self, runs: list[StageRun], judges: list[Any] | None = None,
-                 cross_fit: bool = True, chances: np.ndarray | None = None) -> None:
-        usd = sum(sum(r.usd) + sum(r.judge_usd) for r in runs)
-        self.unit = "usd" if usd > 0 else "flops"
-        self.runs, self.judges = runs, judges or [None] * len(runs)
-        self.correct = [np.array(r.correct, dtype=float) for r in runs]
-        self.cost = [np.array(r.usd if usd > 0 else r.flops) for r in runs]
-        self.judge_cost = [np.array((r.judge_usd if usd > 0 else r.judge_flops) or [0.0] * len(r.usd))
-                           for r in runs]
-        self.scores = [np.array([np.nan if s is None else s for s in r.scores] or [np.nan] * len(r.usd))
-                       for r in runs]
-        self.judged = [bool(r.scores) for r in runs]
-        #: per-example quality a point is compared with (the best single stage's), if set
-        self.reference: np.ndarray | None = None
-        self._chained: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
-        #: (stages × examples) the router's predicted chance each stage answers right, if routed
-        self.chances = chances
-        #: per stage, the judge's out-of-fold copies (example i scored by copy i mod k), if kept
-        self.folds: list[Any] = [None] * len(self.judges)
-        if cross_fit:
-            digest = examples_digest(runs)
-            self.folds = [j.fold_judges(digest) if hasattr(j, "fold_judges") else None
-                          for j in self.judges]
-
-    def score(self, s: int, before: tuple[int, ...]) -> np.ndarray:
-        """Stage `s`'s judge scores after the stages `before`: its recorded scores, or for a judge
-        that compares with earlier answers (`rescore`), its scores re-computed for that chain."""
-        judge, folds = self.judges[s], self.folds[s]
-        if folds is None and (not before or not hasattr(judge, "rescore")):
-            return self.scores[s]
-        key = (s, tuple(sorted(before)))
-        if key not in self._chained:
-            field, run = judge.field, self.runs[s]
-            def said(r: StageRun, i: int) -> Any:
-                return (r.answers[i].outputs or {}).get(field) if r.answers[i].ok else None
-            features = [t.info.get("features") if t is not None else None for t in run.judge_traces]
-            earlier = [[said(self.runs[j], i) for j in key[1] if self.runs[j].answers[i].ok]
-                       for i in range(len(run.answers))]
-            mine = [said(run, i) for i in range(len(run.answers))]
-            got = np.full(len(mine), np.nan)
-            scorers = folds or [judge]
-            for f, scorer in enumerate(scorers):
-                rows = list(range(f, len(mine), len(scorers)))
-                out = scorer.rescore([features[i] for i in rows], [mine[i] for i in rows],
-                                     [earlier[i] for i in rows])
-                got[rows] = [np.nan if x is None else x for x in out]
-            self._chained[key] = got
-        return self._chained[key]
-
-    def thresholds(self, scores: np.ndarray, grid: int) -> np.ndarray:
-        """Quantiles of the scores seen, and +inf: never stop here (the stage still answers, for
-        the judges of later stages to compare with)."""
-        seen = scores[~np.isnan(scores)]
-        if not len(seen):
-            return np.array([np.inf])
-        return np.append(np.unique(np.quantile(seen, np.linspace(0, 1, grid))), np.inf)
 
 
 #: threshold combinations tried per chain at most: a long chain gets a coarser grid per stage
@@ -125,10 +65,13 @@ COMBINATIONS = 4096
 BLOCK = 250_000
 
 
-def _chain_points(t: _Table, chain: tuple[int, ...], grid: int) -> list[Point]:
-    """Every threshold combination of one chain, in the order of `itertools.product` over the
-    stages' threshold grids, with the figures `_point` gives one at a time (quality exactly; cost
-    and `se` up to rounding).
+def _chain_points(t: Table, chain: tuple[int, ...], grid: int, *, every: bool = False) -> list[Point]:
+    """The threshold combinations of one chain that any choice can want: those on the chain's
+    Pareto frontier of cost against quality, or of cost against `discord` (with the table's
+    `base` set) — every other combination is beaten on both by a cheaper or equal one of the same
+    chain. With `every`, all combinations, in the order of `itertools.product` over the stages'
+    threshold grids. Figures are those `_point` gives one at a time (quality exactly, cost up to
+    rounding).
 
     The combinations of all judged stages but the last are run as (combinations × examples)
     arrays; the last judged stage's whole grid is then read off cumulative sums over the examples
@@ -144,12 +87,13 @@ def _chain_points(t: _Table, chain: tuple[int, ...], grid: int) -> list[Point]:
     head = list(itertools.product(*grids[:-1]))
     heads = np.array(head, dtype=float).reshape(len(head), len(judged) - 1)
     *_, s, last = chain
-    n, last_grid = len(t.correct[last]), grids[-1]
+    n, last_grid = t.n, grids[-1]
     order = np.argsort(scores[-1], kind="stable")
     # per threshold, the first example (in score order) that stops at s: those from it on do
     at = np.searchsorted(scores[-1][order], last_grid, side="left")
     split = functools.partial(_split, order=order, at=at)
-    reference, step, points = t.reference, max(1, BLOCK // max(n, 1)), []
+    step = max(1, BLOCK // max(n, 1))
+    figures: list[np.ndarray] = []
     for start in range(0, len(heads), step):
         block = heads[start:start + step]
         open_, right, cost = _through(t, judged[:-1], scores[:-1], block, n)
@@ -159,20 +103,30 @@ def _chain_points(t: _Table, chain: tuple[int, ...], grid: int) -> list[Point]:
         unjudged = last_grid == -np.inf  # every answer accepted: the judge is not called
         if unjudged.any():
             paid[:, unjudged] -= (open_ * t.judge_cost[s]).sum(axis=1, keepdims=True)
-        se = np.zeros_like(total)
-        if reference is not None:  # as in `_point`; right is 0 where open, so squares split too
-            squares = (right ** 2).sum(axis=1, keepdims=True) + split(
-                open_ * t.correct[s] ** 2, open_ * t.correct[last] ** 2)
-            cross = (right * reference).sum(axis=1, keepdims=True) + split(
-                open_ * t.correct[s] * reference, open_ * t.correct[last] * reference)
-            d = total - reference.sum()
-            d2 = squares - 2 * cross + (reference ** 2).sum()
-            se = np.sqrt(np.maximum(d2 - d ** 2 / n, 0.0) + 1.0) / n
-        for row, totals, paids, ses in zip(block.tolist(), total.tolist(), paid.tolist(), se.tolist(),
-                                            strict=True):
-            points += [Point(chain, (*row, threshold), q / n, c / n, e)
-                       for threshold, q, c, e in zip(last_grid.tolist(), totals, paids, ses, strict=True)]
-    return points
+        discord = np.zeros_like(total)
+        if t.base is not None:  # values are 0/1: (base - right)² sums to base + right - 2·both
+            both = (right * t.base).sum(axis=1, keepdims=True) + split(
+                open_ * t.correct[s] * t.base, open_ * t.correct[last] * t.base)
+            discord = (t.base.sum() + total - 2 * both) / n
+        figures.append(np.stack([total / n, paid / n, discord]).reshape(3, -1))
+    quality, cost, discord = np.concatenate(figures, axis=1)
+    keep = np.arange(len(quality)) if every else _worth_keeping(quality, cost, discord)
+    width = len(last_grid)
+    return [Point(chain, (*heads[i // width].tolist(), float(last_grid[i % width])),
+                  float(quality[i]), float(cost[i]), discord=float(discord[i]))
+            for i in keep.tolist()]
+
+
+def _worth_keeping(quality: np.ndarray, cost: np.ndarray, discord: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of the points on the Pareto frontier of cost against quality or of
+    cost against discord (ties: the first)."""
+    order = np.lexsort((np.arange(len(cost)), -quality, cost))
+    q = quality[order]
+    better = q > np.concatenate([[-np.inf], np.maximum.accumulate(q)[:-1]])
+    order_d = np.lexsort((np.arange(len(cost)), discord, cost))
+    d = discord[order_d]
+    closer = d < np.concatenate([[np.inf], np.minimum.accumulate(d)[:-1]])
+    return np.union1d(order[better], order_d[closer])
 
 
 def _split(stop: np.ndarray | None, go_on: np.ndarray, order: np.ndarray,
@@ -187,7 +141,7 @@ def _split(stop: np.ndarray | None, go_on: np.ndarray, order: np.ndarray,
     return stops[:, -1:] - stops[:, at] + rest
 
 
-def _through(t: _Table, stages: tuple[int, ...], scores: list[np.ndarray], combos: np.ndarray,
+def _through(t: Table, stages: tuple[int, ...], scores: list[np.ndarray], combos: np.ndarray,
              n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every example entering at the first of the judged `stages`, at the thresholds of each row
     of `combos`: (combinations × examples) arrays of whether it is still open after them, whether
@@ -205,31 +159,30 @@ def _through(t: _Table, stages: tuple[int, ...], scores: list[np.ndarray], combo
     return open_, right, cost
 
 
-def _point(t: _Table, chain: tuple[int, ...], scores: list[np.ndarray], combo: tuple,
+def _point(t: Table, chain: tuple[int, ...], scores: list[np.ndarray], combo: tuple,
            router: float | None = None, entry: np.ndarray | None = None) -> Point:
     """The point (chain, thresholds `combo`, router threshold `router`) on the table. `entry` is
     where the router at `router` sends each example (`entries`): the caller computed it already
     for `scores`, which depend on it."""
-    right, cost = _outcome(t, chain, scores, combo, entry)
-    n = len(right)
-    se = 0.0
-    if t.reference is not None:  # one more disagreement than seen: no luck on a small set
-        d = right - t.reference
-        se = float(np.sqrt(((d - d.mean()) ** 2).sum() + 1.0) / n)
-    return Point(chain, tuple(float(x) for x in combo), float(right.mean()), float(cost.mean()), se,
-                 router)
+    right, cost = _outcome(t, chain, scores, combo, entry, router)
+    discord = float(((t.base - right) ** 2).mean()) if t.base is not None and len(right) else 0.0
+    return Point(chain, tuple(float(x) for x in combo), float(right.mean()), float(cost.mean()),
+                 router, discord)
 
 
-def _outcome(t: _Table, chain: tuple[int, ...], scores: list[np.ndarray], combo: tuple,
-             entry: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per example: whether the configuration answers right, and what it pays. `entry`: the
-    position each example enters the chain at (the router's choice; default the first)."""
+def _outcome(t: Table, chain: tuple[int, ...], scores: list[np.ndarray], combo: tuple,
+             entry: np.ndarray | None = None, router: float | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Per example: the answer's value (`Table.correct` of the stage that answers), and what the
+    example pays — every stage it went through, their judges, and with a `router` threshold the
+    router's own call. `entry`: the position each example enters the chain at (the router's
+    choice; default the first)."""
     *judged, last = chain
     n = len(t.correct[last])
     entry = np.zeros(n, dtype=int) if entry is None else entry
     open_ = np.zeros(n, dtype=bool)
     right = np.zeros(n)
-    cost = np.zeros(n)
+    cost = t.router_cost.copy() if router is not None else np.zeros(n)
     for position, (s, score, threshold) in enumerate(zip(judged, scores, combo, strict=True)):
         open_ |= entry == position
         unjudged = threshold == -np.inf  # every answer accepted: the judge is not called
@@ -243,7 +196,7 @@ def _outcome(t: _Table, chain: tuple[int, ...], scores: list[np.ndarray], combo:
     return right, cost
 
 
-def _scores(t: _Table, chain: tuple[int, ...], entry: np.ndarray | None = None) -> list[np.ndarray]:
+def _scores(t: Table, chain: tuple[int, ...], entry: np.ndarray | None = None) -> list[np.ndarray]:
     """Each judged position's scores; with `entry`, each example's judged after the stages it
     went through only (a routed example skips the stages before its entry)."""
     out = []
@@ -260,17 +213,17 @@ def _scores(t: _Table, chain: tuple[int, ...], entry: np.ndarray | None = None) 
     return out
 
 
-def _entry(t: _Table, chain: tuple[int, ...], router: float | None) -> np.ndarray | None:
+def _entry(t: Table, chain: tuple[int, ...], router: float | None) -> np.ndarray | None:
     return None if router is None or t.chances is None else entries(t.chances, chain, router)
 
 
-def outcome(t: _Table, p: Point) -> tuple[np.ndarray, np.ndarray]:
-    """Per example, whether point `p` answers right and what it pays."""
+def outcome(t: Table, p: Point) -> tuple[np.ndarray, np.ndarray]:
+    """Per example, point `p`'s answer's value (see `_outcome`) and what it pays."""
     entry = _entry(t, p.chain, p.router)
-    return _outcome(t, p.chain, _scores(t, p.chain, entry), p.thresholds, entry)
+    return _outcome(t, p.chain, _scores(t, p.chain, entry), p.thresholds, entry, p.router)
 
 
-def point_at(t: _Table, chain: list[int], thresholds: list[float],
+def point_at(t: Table, chain: list[int], thresholds: list[float],
              router: float | None = None) -> Point:
     """How one configuration (stage order, each stage's threshold, the router's threshold) does
     on the table."""
@@ -280,7 +233,7 @@ def point_at(t: _Table, chain: list[int], thresholds: list[float],
                   tuple(float(thresholds[s]) for s in chain_[:-1]), router, entry)
 
 
-def _routed_points(t: _Table, chains: list[tuple[int, ...]], cascade_front: list[Point],
+def _routed_points(t: Table, chains: list[tuple[int, ...]], cascade_front: list[Point],
                    grid: int) -> list[Point]:
     """Pure routing (every chain of stages, each example answered where the router sends it)
     and hybrids (each cascade on the frontier, entered where the router sends each example), at
@@ -292,7 +245,7 @@ def _routed_points(t: _Table, chains: list[tuple[int, ...]], cascade_front: list
     points = []
     for chain in chains:
         unjudged = tuple([-np.inf] * (len(chain) - 1))
-        zeros = [np.zeros(t.chances.shape[1])] * (len(chain) - 1)  # scores unused: every stage accepts
+        zeros = [np.zeros(t.n)] * (len(chain) - 1)  # scores unused: every stage accepts
         for tau in taus:
             entry = entries(t.chances, chain, tau)
             points.append(_point(t, chain, zeros, unjudged, tau, entry))
@@ -305,63 +258,37 @@ def _routed_points(t: _Table, chains: list[tuple[int, ...]], cascade_front: list
     return points
 
 
-def robust_choice(t: _Table, points: list[Point], match: float, *, delta: float, tolerance: float,
-                  resamples: int, tie: float = 0.65, tolerance_se: float = 0.0,
-                  seed: int = 0) -> tuple[Point, Point, list[Point], float]:
-    """(chosen, reference, tied, tolerance): the cheapest point whose quality stays within the
-    tolerance of `match` × the reference's in at least 1 − `delta` of bootstrap resamples of the
-    examples; the tolerance is `tolerance` plus `tolerance_se` bootstrap standard errors of the
-    reference's quality.
-
-    The reference is the cheapest single stage the best one does not clearly beat (by more than
-    `tolerance` in at least a fraction `tie` of the resamples): models within noise of each other
-    are one target, and no point dearer than the reference is chosen."""
-    singles = [p for p in points if len(p.chain) == 1]
-    best = max(singles, key=lambda p: (p.quality, -p.cost))
-    n = len(t.correct[0])
-    weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples) / n
-    need = 1.0 - delta - 1e-12
-    top = t.correct[best.chain[0]]
-    tied = [p for p in singles
-            if np.mean(weights @ (top - t.correct[p.chain[0]]) > tolerance + 1e-12) < tie - 1e-12]
-    reference = min(tied, key=lambda p: (p.cost, -p.quality))
-    resampled = weights @ t.correct[reference.chain[0]]
-    tolerance = tolerance + tolerance_se * float(resampled.std())
-    target = match * resampled - tolerance - 1e-12
-    candidates = sorted((p for p in points if p.cost <= reference.cost
-                         and p.quality >= match * reference.quality - tolerance - 1e-12),
-                        key=lambda p: (p.cost, -p.quality))
-    for p in candidates:
-        right, _ = outcome(t, p)
-        if np.mean(weights @ right >= target) >= need:
-            return p, reference, tied, tolerance
-    return reference, reference, tied, tolerance
+def search(table: Table, *, max_stages: int = 3, grid: int = 25, order: str = "any",
+           judged: list[bool] | None = None) -> list[Point]:
+    """Every chain of up to `max_stages` stages (judged stages first; with order="cost" only
+    chains from cheaper to dearer stages, by mean cost on the table) at every threshold
+    combination, scored on the table; with the router's chances, also routers and hybrids
+    (`_routed_points`). `judged`: which stages have a judge (default: those with scores)."""
+    judged = table.judged if judged is None else judged
+    stages = list(range(len(table.correct)))
+    if order == "cost":
+        stages.sort(key=lambda s: float(table.cost[s].mean()) if table.n else 0.0)
+    chains = itertools.combinations if order == "cost" else itertools.permutations
+    points = [p for s in stages for p in _chain_points(table, (s,), grid)]
+    longer = [c for length in range(2, min(max_stages, len(stages)) + 1)
+              for c in chains(stages, length) if all(judged[s] for s in c[:-1])]
+    for chain in longer:
+        points += _chain_points(table, chain, grid)
+    if table.chances is not None:
+        points += _routed_points(table, longer, frontier(points), grid)
+    return points
 
 
 def cost_quality_points(runs: list[StageRun], judges: list[Any], *, max_stages: int = 3,
                         grid: int = 25, order: str = "any", cross_fit: bool = True,
-                        chances: np.ndarray | None = None) -> tuple[_Table, list[Point]]:
-    """Every chain of up to `max_stages` stages (judged stages first; with order="cost" only
-    chains from cheaper to dearer stages) at every threshold combination, scored offline; each
-    point's `se` is the standard error of its per-example difference from the best single stage.
-    With the router's `chances` (stages × examples), also routers and hybrids (`_routed_points`)."""
-    table = _Table(runs, judges, cross_fit, chances)
-    stages = list(range(len(runs)))
-    if order == "cost":
-        stages.sort(key=lambda s: float(table.cost[s].mean()))
-    chains = itertools.combinations if order == "cost" else itertools.permutations
-    points = [p for s in stages for p in _chain_points(table, (s,), grid)]
-    best = max(points, key=lambda p: (p.quality, -p.cost))
-    table.reference = table.correct[best.chain[0]]
-    for length in range(2, min(max_stages, len(runs)) + 1):
-        for chain in chains(stages, length):
-            if all(table.judged[s] for s in chain[:-1]):
-                points += _chain_points(table, chain, grid)
-    if chances is not None:
-        routable = [c for length in range(2, min(max_stages, len(runs)) + 1)
-                    for c in chains(stages, length) if all(judges[s] is not None for s in c[:-1])]
-        points += _routed_points(table, routable, frontier(points), grid)
-    return table, points
+                        chances: np.ndarray | None = None,
+                        router_cost: tuple[list[float], list[float]] | None = None
+                        ) -> tuple[Table, list[Point]]:
+    """The table of the runs (`table_of`) and every point of `search` on it."""
+    table = table_of(runs, judges, cross_fit=cross_fit, chances=chances, router_cost=router_cost)
+    judged = [t and j is not None for t, j in zip(table.judged, judges, strict=True)] \
+        if judges else table.judged
+    return table, search(table, max_stages=max_stages, grid=grid, order=order, judged=judged)
 
 
 def frontier(points: list[Point]) -> list[Point]:

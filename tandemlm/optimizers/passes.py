@@ -46,6 +46,8 @@ class CompileContext:
         seed: the compile's seed; passes derive their randomness from it.
         reporter: progress and messages.
         details: figures the pass reports.
+        unlabeled: inputs without labels (`compile(..., unlabeled=...)`): passes may run the
+            program on them (`unlabeled_traces`) but never ask the metric about them.
     """
 
     trainset: list[dict[str, Any]]
@@ -58,10 +60,18 @@ class CompileContext:
     reporter: Reporter = dataclasses.field(default_factory=Reporter)
     #: figures a pass reports (held-out AUC, chosen thresholds, ...); saved in report.json
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    unlabeled: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def traces(self, pipeline: Pipeline, split: str = "train") -> Traces:
         """Run `pipeline` on the trainset (or "val") through the shared call cache."""
         return self.store.run(pipeline, self.trainset if split == "train" else self.valset)
+
+    def unlabeled_traces(self, pipeline: Pipeline) -> Traces | None:
+        """Run `pipeline` on the unlabeled inputs (through the shared call cache), with no metric;
+        None when the compile has none."""
+        if not self.unlabeled:
+            return None
+        return self.store.run(pipeline, self.unlabeled, metric=_unscored)
 
     def calibration_traces(self, pipeline: Pipeline, traces: Traces) -> Traces:
         """The traces a pass fits judges, routers or thresholds on: `pipeline` run on the valset
@@ -86,6 +96,11 @@ class CompileContext:
     def copy(pipeline: Pipeline) -> Pipeline:
         """A copy whose node state a pass may change (models are shared handles, never copied)."""
         return copy.deepcopy(pipeline)
+
+
+def _unscored(example: Any, prediction: Any, trace: Any = None) -> float:
+    """The metric of unlabeled inputs: there is nothing to compare with."""
+    return 0.0
 
 
 class Pass:

@@ -57,8 +57,10 @@ def train(kind: str, model: Model, node: Any, rows: list[Row], labels: list[floa
                                  out, epochs=epochs, lr=lr, batch_size=batch_size,
                                  train_encoder=train_encoder, seed=seed, progress=progress)
         options = {k: v for k, v in model.options.items() if k != "num_labels"}
-        return Model(model.backend_name, str(out), name=model.name, params=model.params,
-                     remote=model.remote, **options)
+        # the trained head serves in the untrained model's seat: same name, price and size, so
+        # what a judge costs does not change with its weights
+        return Model(model.backend_name, str(out), name=model.name, price=model.price,
+                     params=model.params, remote=model.remote, **options)
     examples = [(GenRequest(messages=_question(node, row)), node.yes if y >= 0.5 else node.no)
                 for row, y in zip(rows, labels, strict=True)]
     model.backend.train_lora(examples, out, lora=LoraOptions.from_dict(lora), epochs=epochs,

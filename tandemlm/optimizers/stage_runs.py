@@ -92,11 +92,13 @@ def fold_of(values: dict[str, Any], k: int) -> int:
 
 
 def run_every_stage(pipeline: Pipeline, path: str, rows: list[tuple[dict[str, Any], dict[str, Any]]],
-                    ctx: CompileContext, *, judge: bool = True, cross_fit: bool = True) -> list[StageRun]:
+                    ctx: CompileContext, *, judge: bool = True, cross_fit: bool = True,
+                    labelled: bool = True) -> list[StageRun]:
     """Run each stage of the cascade at `path` on every row (one batch per stage). With `judge`,
     each answer is judged; with `cross_fit`, a judge whose scorer was cross-fitted scores each
     example with the copy that did not learn from it (`TrainScorer(folds=k)`), as the compile
-    needs; without, with the scorer the program runs (test figures)."""
+    needs; without, with the scorer the program runs (test figures, unlabeled rows). Without
+    `labelled` (rows that are inputs only) the metric is not asked: `correct` stays empty."""
     cascade = cascades(pipeline)[path]
     examples = [example for example, _ in rows]
     inputs = [values for _, values in rows]
@@ -108,9 +110,10 @@ def run_every_stage(pipeline: Pipeline, path: str, rows: list[tuple[dict[str, An
         for s, (solver, stage_judge) in enumerate(zip(cascade.solvers, cascade.judges, strict=True)):
             answers = run.run(solver, [{f: x[f] for f in solver.input_fields} for x in inputs])
             costs = [_cost(a) for a in answers]
-            stage = StageRun(s, solver.name, answers,
-                             [_correct(ctx.metric, e, a) for e, a in zip(examples, answers, strict=True)],
-                             [c[0] for c in costs], [c[1] for c in costs])
+            correct = [_correct(ctx.metric, e, a) for e, a in zip(examples, answers, strict=True)] \
+                if labelled else []
+            stage = StageRun(s, solver.name, answers, correct, [c[0] for c in costs],
+                             [c[1] for c in costs])
             if judge and stage_judge is not None:
                 _judge_stage(stage, stage_judge, solver, run, inputs, cross_fit)
             out.append(stage)

@@ -107,9 +107,11 @@ class TraceStore:
         self.cache = cache if cache is not None else CallCache()
         self.batch_size, self.progress = batch_size, progress
 
-    def run(self, pipeline: Pipeline, examples: list[dict[str, Any]]) -> Traces:
-        """Run `pipeline` over `examples` (through the call cache) and score each one."""
+    def run(self, pipeline: Pipeline, examples: list[dict[str, Any]],
+            metric: Metric | None = None) -> Traces:
+        """Run `pipeline` over `examples` (through the call cache) and score each one (with
+        `metric` instead of the store's, e.g. for inputs without labels)."""
         with use_cache(self.cache):
-            result = evaluate(pipeline, examples, self.metric, batch_size=self.batch_size,
+            result = evaluate(pipeline, examples, metric or self.metric, batch_size=self.batch_size,
                               progress=self.progress, warn=False)  # the passes say why
         return Traces(result, self.threshold)

@@ -77,7 +77,7 @@ class TuneMix(Pass):
                                       lr=self.lr, batch_size=self.batch_size, seed=ctx.seed)
         base = term.model
         term.model = Model(base.backend_name, base.id, adapter=str(out), name=f"{base.name}-expert",
-                           **base.options)
+                           price=base.price, params=base.params, **base.options)
         ctx.reporter.note(f"{self.name} {path}: trained the expert on {len(rows)} examples")
 
     def _pick(self, path: str, node: LogitMix, pipeline: Pipeline, ctx: CompileContext) -> None:

@@ -33,8 +33,7 @@ from tandemlm.suites.overruling import STAGES, build, metric, splits
 from tandemlm.suites.run import results_header, task_entry
 from tandemlm.suites.suite import Task
 
-PASSES = (TrainScorer(train_encoder=True, epochs=3),
-          Calibrate(match=1.0, delta=0.1, tolerance_se=1.0))
+PASSES = (TrainScorer(train_encoder=True, epochs=3), Calibrate(epsilon=0.01, delta=0.1))
 DATA = "overruling_all.jsonl.gz"
 
 

@@ -16,11 +16,13 @@ question and the train split has at least `SCORER_MIN_ROWS` rows — a MiniLM cr
 start so its question stays: on ARC it trained for 16 minutes and added nothing per stage, see
 docs/suites.md). The cross-encoder is cross-fitted (`TrainScorer(folds=2)`), so everything fits on
 the whole train split with out-of-fold scores: `FitJudges` picks the judge features
-(cross-fitted), `TrainRouter` fits the router and `Calibrate(match=1.0, delta=0.1)` picks the
-stages (cheap to dear, up to four) and their thresholds: the cheapest configuration that matches the best
-single model's train accuracy in 90% of bootstrap resamples, scored with the judges' out-of-fold
-models, and never dearer than that model (models within noise of the best count as the best).
-Nothing depends on the files shipped today: any file in that format is a task.
+(cross-fitted), `TrainRouter` fits the router and `Calibrate(epsilon=0.01, delta=0.1)` picks the
+stages (cheap to dear, up to four) and their thresholds: the cheapest configuration certified to
+keep the best single model's accuracy within one point with probability ≥ 0.9, scored with the
+judges' out-of-fold models — the best single model itself when nothing cheaper is certified.
+`labels=N` keeps the labels of N train rows only; the rest are unlabeled inputs the calibration
+certifies against agreement with that model on. Nothing depends on the files shipped today: any
+file in that format is a task.
 
 An answer is right when the source judged the model that gave exactly that text right
 (`recorded_correct`), which also covers benchmarks without a gold answer.
@@ -29,6 +31,7 @@ An answer is right when the source judged the model that gave exactly that text 
 from __future__ import annotations
 
 import os
+import random
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -164,7 +167,8 @@ def build(data: list[str], models: list[str], *, scorer: bool = True, confidence
 
 
 def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3, folds: int = 2,
-         delta: float = 0.1, z: float | None = None, router: bool = True, seed: int = 0) -> Task:
+         epsilon: float = 0.01, delta: float = 0.1, router: bool = True, labels: int | None = None,
+         seed: int = 0) -> Task:
     """The suite task for one discovered replay benchmark.
 
     Args:
@@ -175,13 +179,15 @@ def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3, f
         folds: cross-fit the cross-encoder in this many folds (`TrainScorer(folds=...)`), so the
             judges and the calibration see out-of-fold scores on the whole train split; 0: train
             it on three quarters of the split and fit the rest on the other quarter.
-        delta: `Calibrate`'s risk: the chosen point must match the target in 1 − delta of
-            bootstrap resamples of the calibration rows.
-        z: use `Calibrate`'s older standard-error rule with this z instead (0: no guard).
+        epsilon, delta: `Calibrate`'s promise: the chosen configuration keeps the best single
+            model's train accuracy within `epsilon`, with probability ≥ 1 − `delta`.
         router: give the cascade a `TextRouter` on the prompt (hashed words and a MiniLM
             sentence embedding; `TrainRouter` fits it) so the calibration also weighs routers
             and hybrids. On the eight shared recorded tasks no chosen point was worse than with
             cascades alone and three were cheaper (docs/suites.md); False: cascades only, faster.
+        labels: keep the labels of only this many train rows (drawn with `seed`); the others
+            become unlabeled inputs (their gold answers and judgements dropped), which
+            `Calibrate` certifies against agreement with the reference model on.
     """
     train_pairs, test_pairs = splits(spec)
     train_rows = [r for r, _ in train_pairs]
@@ -198,9 +204,11 @@ def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3, f
                "confidence": has_confidence, "text_field": "question" if bare else "prompt",
                "router": router}
     train = [_example(r, f) for r, f in train_pairs]
+    unlabeled = None
+    if labels is not None:
+        train, unlabeled = _hide_labels(train, labels, seed, spec["name"])
     fit, val = [x for i, x in enumerate(train) if i % 4 != 0], [x for i, x in enumerate(train) if i % 4 == 0]
-    calibrate = Calibrate(match=1.0, order="cost", max_stages=4, delta=delta) if z is None \
-        else Calibrate(match=1.0, order="cost", max_stages=4, z=z)
+    calibrate = Calibrate(epsilon=epsilon, delta=delta, order="cost", max_stages=4)
     passes = [FitJudges(), *([TrainRouter()] if router else []), calibrate]
     if scorer:
         passes.insert(0, TrainScorer(train_encoder=True, epochs=epochs, folds=folds))
@@ -209,20 +217,35 @@ def task(spec: dict[str, Any], *, scorer: bool | None = None, epochs: int = 3, f
     return Task(name=spec["name"], program=program,
                 train=fit if split else train, val=val if split else None,
                 test=[_example(r, f) for r, f in test_pairs], metric=recorded_correct, passes=passes,
-                seed=seed, description=f"{len(models)} recorded models, cheapest first: "
-                                       f"{', '.join(models)}")
+                seed=seed, unlabeled=unlabeled,
+                description=f"{len(models)} recorded models, cheapest first: {', '.join(models)}"
+                            + (f"; {len(train)} labelled + {len(unlabeled)} unlabeled train rows"
+                               if unlabeled is not None else ""))
+
+
+def _hide_labels(train: list[dict[str, Any]], labels: int, seed: int,
+                 name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(`labels` train rows drawn at random, the others as inputs only)."""
+    if not 0 < labels < len(train):
+        raise ConfigError(f"replay task '{name}': --labels {labels} must be between 1 and its "
+                          f"{len(train) - 1} train rows minus one (to leave some unlabeled)")
+    order = random.Random(f"{seed}:{name}:labels").sample(range(len(train)), len(train))
+    kept = sorted(order[:labels])
+    hidden = [{k: v for k, v in train[i].items() if k not in ("gold", "recorded")}
+              for i in sorted(order[labels:])]
+    return [train[i] for i in kept], hidden
 
 
 def suite(data: str | Path | None = None, *, scorer: bool | None = None, epochs: int = 3,
-          folds: int = 2, delta: float = 0.1, z: float | None = None, router: bool = True) -> Suite:
+          folds: int = 2, epsilon: float = 0.01, delta: float = 0.1, router: bool = True,
+          labels: int | None = None) -> Suite:
     """Every replay task in `data` (default: `default_dir()`); options as `task`'s."""
     root = data or default_dir()
     if root is None:
         raise ConfigError("the replay suite needs its data: pass --data DIR (a directory of "
                           "replay .jsonl files) or set TANDEM_REPLAY_DIR")
     specs = discover(root)
-    return Suite(name="replay", tasks={s["name"]: (lambda s=s: task(s, scorer=scorer, epochs=epochs,
-                                                                   folds=folds, delta=delta, z=z,
-                                                                   router=router))
-                                       for s in specs},
+    options = {"scorer": scorer, "epochs": epochs, "folds": folds, "epsilon": epsilon,
+               "delta": delta, "router": router, "labels": labels}
+    return Suite(name="replay", tasks={s["name"]: (lambda s=s: task(s, **options)) for s in specs},
                  description=f"cascades over recorded real models, from {root}")

@@ -100,7 +100,8 @@ def run_task(task: Task, out: Path, *, progress: bool = True,
     """Compile `task` on its train (and val) split, evaluate on test; see the module docstring."""
     start = time.perf_counter()
     compiled = compile(load_program(task.program), task.train, task.metric, valset=task.val,
-                       passes=task.passes, out_dir=out / "compiled", source=task.program,
+                       unlabeled=task.unlabeled, passes=task.passes, out_dir=out / "compiled",
+                       source=task.program,
                        seed=task.seed, progress=progress, reporter=reporter)
     compiled_s = time.perf_counter() - start
     cache = CallCache()
@@ -123,6 +124,7 @@ def task_entry(task: Task, compiled: Any, result: Any, cache: CallCache, out: Pa
         "description": task.description, "config_hash": task.config_hash(),
         "program": task.program, "passes": [[type(p).__name__, p.config()] for p in task.passes],
         "n_train": len(task.train), "n_val": len(task.val or []), "n_test": len(task.test),
+        "n_unlabeled": len(task.unlabeled or []),
         "metric": {"name": summary["metric"]["name"], "value": summary["metric"]["mean"],
                    "stderr": summary["metric"]["stderr"]},
         "cost": {"total_usd": summary["total_cost_usd"],
@@ -158,10 +160,12 @@ def cascade_figures(task: Task, compiled: Any, path: str, cascade: Cascade, cach
     rows = cascade_inputs(store.run(compiled, task.test), path)
     runs = run_every_stage(compiled, path, rows, ctx, cross_fit=False)
     calibrate = _calibration(task)
-    chances = router_chances(cascade, [values for _, values in rows], runs, cross_fit=False)
+    inputs = [values for _, values in rows]
+    chances = router_chances(cascade, inputs, runs, cross_fit=False)
+    routing = cascade.router.costs(inputs) if chances is not None else None
     table, points = cost_quality_points(runs, cascade.judges, max_stages=calibrate.max_stages,
                                         grid=calibrate.grid, order=calibrate.order,
-                                        cross_fit=False, chances=chances)
+                                        cross_fit=False, chances=chances, router_cost=routing)
     names = [s.name for s in cascade.solvers]
     models = [compiled.resolve(s.model).name if getattr(s, "model", None) is not None else s.name
               for s in cascade.solvers]
@@ -195,6 +199,7 @@ def cascade_figures(task: Task, compiled: Any, path: str, cascade: Cascade, cach
                     "train_accuracy": (calib.get("chosen") or {}).get("quality"),
                     "train_cost": (calib.get("chosen") or {}).get("cost"),
                     "train_target": calib.get("target")},
+        "promise": _promise(calib),
         "parity_cost_fraction": (min(p.cost for p in parity) / best.cost if parity and best.cost
                                  else None),
         "curve_auc": curve_auc(points, top_cost),
@@ -209,6 +214,16 @@ def cascade_figures(task: Task, compiled: Any, path: str, cascade: Cascade, cach
             "won": details.get(path, {}).get("features_won", {}),
             "stages": {k.rsplit("/", 1)[-1]: v for k, v in details.items() if k != path}}
     return figures
+
+
+def _promise(calibration: dict[str, Any]) -> dict[str, Any] | None:
+    """What `Calibrate(epsilon=...)` certified on train data, as the results file keeps it."""
+    promise = calibration.get("promise")
+    if promise is None:
+        return None
+    keep = ("epsilon", "delta", "reference", "certified", "bound", "test", "rows", "statement")
+    return {**{k: promise[k] for k in keep},
+            "rows_needed": (promise.get("needed") or {}).get("rows")}
 
 
 def curve_auc(points: list[Point], top_cost: float) -> float:

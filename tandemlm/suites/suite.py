@@ -52,8 +52,8 @@ BUILTIN_SUITES = {"replay": "tandemlm.suites.replay:suite",
 
 @dataclass
 class Task:
-    """One task: compile `program` on `train` (passes select on `val` when given), evaluate on
-    `test` with `metric`."""
+    """One task: compile `program` on `train` (passes select on `val` when given; `unlabeled`
+    inputs, if any, go to the compile as such), evaluate on `test` with `metric`."""
 
     name: str
     program: str
@@ -64,6 +64,7 @@ class Task:
     val: list[dict[str, Any]] | None = None
     seed: int = 0
     description: str = ""
+    unlabeled: list[dict[str, Any]] | None = None
 
     def config_hash(self) -> str:
         """sha256 of what determines the task's results: program, passes, data, metric, seed."""
@@ -73,6 +74,8 @@ class Task:
                   "passes": [[type(p).__name__, p.config()] for p in self.passes],
                   "data": {k: _digest(v) for k, v in (("train", self.train), ("val", self.val),
                                                       ("test", self.test))}}
+        if self.unlabeled:  # absent otherwise: tasks without unlabeled rows keep their hash
+            config["data"]["unlabeled"] = _digest(self.unlabeled)
         return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -122,7 +125,14 @@ def load_suite(spec: str, **options: Any) -> Suite:
         raise ConfigError(f"unknown suite '{spec}'; built-in suites: {', '.join(BUILTIN_SUITES)}, "
                           f"or name MODULE:FUNCTION or a .toml/.yaml suite file")
     made = load_object(target, "suite")
-    suite = made(**options) if callable(made) else made
+    if options and not callable(made):
+        raise ConfigError(f"suite '{spec}' takes no options; got {', '.join(options)}")
+    try:
+        suite = made(**options) if callable(made) else made
+    except TypeError as exc:
+        if "unexpected keyword" not in str(exc):
+            raise
+        raise ConfigError(f"suite '{spec}' does not take option(s) {', '.join(options)}: {exc}") from None
     if not isinstance(suite, Suite):
         raise ConfigError(f"suite '{spec}' is a {type(suite).__name__}, not a tandemlm Suite")
     return suite

@@ -67,7 +67,7 @@ def metric(example, prediction, trace=None):
 def test_a_router_learns_from_the_input_and_calls_only_the_stage_it_picks(data, tmp_path):
     path, train, test = data
     out = tmp_path / "out"
-    passes = [FitJudges(), TrainRouter(), Calibrate(match=1.0, order="cost", delta=0.1)]
+    passes = [FitJudges(), TrainRouter(), Calibrate(match=1.0, order="cost")]
     compiled = compile(_build(path), train, metric, passes=passes, out_dir=out, progress=False)
     _, routing, calibrate = compiled.compile_report
     held = routing.details["cascade"]["router"]
@@ -176,3 +176,32 @@ def _options(program: str) -> dict:
     import ast
     call = ast.parse(program.split(":", 1)[1], mode="eval").body
     return {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+
+
+def test_a_priced_router_is_charged_where_calibrate_plans_and_where_the_program_runs(data):
+    from tandemlm.runtime.backends.hf_classifier import minilm_path
+
+    path, train, test = data
+    encoder = Model("hf-classifier", str(minilm_path()), name="router-encoder", price=(10.0, 0.0))
+
+    def build():
+        def solver(name):
+            return Solve("prompt -> answer", model=Model("recorded", name, data=path), name=name,
+                         prompt_field="prompt", key_field="id")
+        return Pipeline([Cascade([Stage(solver("cheap"), judge=FeatureJudge(confidence=False)),
+                                  Stage(solver("strong"))],
+                                 router=TextRouter(field="prompt", encoder=encoder))], name="priced")
+    compiled = compile(build(), train, metric, progress=False,
+                       # planned on the router the program serves (not its out-of-fold copies),
+                       # so the plan and the run on the same rows route alike
+                       passes=[FitJudges(), TrainRouter(),
+                               Calibrate(match=1.0, order="cost", cross_fit=False)])
+    chosen = compiled.compile_report[-1].details["cascade"]["chosen"]
+    assert chosen["kind"] in ("router", "hybrid")
+    result = evaluate(compiled, train, metric, progress=False)
+    routed = result.summary["usage"]["router-encoder"]
+    # one embedding call per example, at its price, and Calibrate planned exactly what was paid
+    assert routed["calls"] == len(train) and routed["cost_usd"] > 0
+    assert chosen["cost"] == pytest.approx(result.summary["total_cost_usd"] / len(train))
+    solvers = sum(v["cost_usd"] for k, v in result.summary["usage"].items() if k != "router-encoder")
+    assert chosen["cost"] > solvers / len(train)  # the router's share is in the plan

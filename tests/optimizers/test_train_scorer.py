@@ -66,7 +66,8 @@ def metric(example, prediction, trace=None):
 
 
 def _build(data):
-    scorer = Model("hf-classifier", str(minilm_path()), device="cpu", name="scorer")
+    scorer = Model("hf-classifier", str(minilm_path()), device="cpu", name="scorer",
+                   price=(0.02, 0.0))  # a priced judge: its trained head keeps the price
 
     def solver(name):
         return Solve("prompt, question -> answer", model=Model("recorded", name, data=data), name=name,
@@ -113,6 +114,7 @@ def test_the_trained_scorer_is_a_new_model_saved_and_loaded(task, compiled):
     pipeline, out = compiled
     judge_model = pipeline.nodes["cascade"].judge_nodes[0].model
     assert judge_model.id.startswith(str(out / "scorers"))
+    assert judge_model.price == (0.02, 0.0) and judge_model.name == "scorer"
     assert (out / "scorers" / "01-cascade_judge" / "model.safetensors").is_file()
     loaded = load(out, program=lambda: _build(data))
     a = evaluate(pipeline, test, metric, progress=False)
@@ -120,6 +122,9 @@ def test_the_trained_scorer_is_a_new_model_saved_and_loaded(task, compiled):
     assert [r.result.outputs for r in a.records] == [r.result.outputs for r in b.records]
     assert [r.result.trace[0].info["scores"] for r in a.records] == \
         [r.result.trace[0].info["scores"] for r in b.records]
+    # the judge's calls are charged at its price, compiled and loaded alike
+    assert a.summary["usage"]["scorer"]["cost_usd"] > 0
+    assert b.summary["usage"]["scorer"]["cost_usd"] == pytest.approx(a.summary["usage"]["scorer"]["cost_usd"])
 
 
 def test_auc_matches_its_definition():
@@ -188,7 +193,7 @@ def test_cross_fitted_scorer_scores_each_training_question_with_the_copy_that_ne
     train = [{k: r[k] for k in ("id", "prompt", "question", "category")} for r in rows]
     compiled = compile(_build(str(path)), train, metric, out_dir=tmp_path / "out", progress=False,
                        passes=[TrainScorer(train_encoder=True, epochs=6, folds=2),
-                               Calibrate(match=1.0, delta=0.1)])
+                               Calibrate(match=1.0)])
     judge = compiled.nodes["cascade"].judge_nodes[0]
     details = compiled.compile_report[0].details["cascade/judge"]
     assert details["folds"] == 2 and details["pairs"] == 160  # every example, none held out

@@ -140,7 +140,16 @@ def test_single_models_and_the_cascade_are_measured_on_the_real_recorded_answers
     assert cascade["cost_fraction"] == pytest.approx(cascade["cost"] / best["cost"])
     assert cascade["kind"] in ("single", "cascade", "router", "hybrid")  # the replay default routes
     assert "TrainRouter" in json.dumps(task["passes"])
-    assert cascade["train_accuracy"] >= cascade["train_target"] - 1e-9  # chosen on train only
+    # chosen on train only, with the promise it keeps: the best single model there, or a
+    # configuration certified to lose at most a point to it
+    promise = task["promise"]
+    assert (promise["epsilon"], promise["delta"]) == (0.01, 0.1)
+    assert promise["rows"]["labelled"] == task["n_train"] and promise["statement"]
+    train_best = max(task["singles"].values(), key=lambda f: (f["train_accuracy"], -f["train_cost"]))
+    assert cascade["train_cost"] <= train_best["train_cost"] + 1e-12  # never dearer than it
+    if not promise["certified"]:
+        assert cascade["kind"] == "single" and cascade["stages"] == [train_best["model"]]
+        assert promise["statement"].startswith("no saving certified")
     near = task["cheapest_within_1pt"]
     assert near["accuracy"] >= best["accuracy"] - 0.01 and near["cost"] <= best["cost"]
     if task["parity_cost_fraction"] is not None:

@@ -214,6 +214,15 @@ class HFClassifierBackend(TransformersBackend):
                                         results)
             return results  # type: ignore[return-value]
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """How many tokens `embed` reads of each text (cut to `max_length`): what an embedding
+        call is priced by."""
+        with self._lock:
+            _, tokenizer = self._load()
+            ids = tokenizer([str(t) for t in texts], truncation=True,
+                            max_length=self._max_length)["input_ids"]
+        return [len(row) for row in ids]
+
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One vector per text, in order: the encoder's last hidden states mean-pooled over the
         tokens and L2-normalised (sentence-transformers' recipe for all-MiniLM-L6-v2). A text

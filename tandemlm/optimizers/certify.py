@@ -1,0 +1,410 @@
+"""A certified operating point: the cheapest configuration whose accuracy is at least the
+reference's minus ε, with probability at least 1 − δ over the calibration rows — valid after the
+search, because the test is part of the choice (Learn-then-Test, Angelopoulos et al. 2021, with a
+fixed sequence learnt on separate rows).
+
+1. The calibration rows — labelled, and unlabeled inputs if any — are split at random into
+   selection rows and certification rows (`select` of each kind to selection).
+2. On the selection rows the usual search scores every configuration (`cost_quality.search`), and
+   those cheaper than the reference are put in one sequence from the safest to the riskiest: the
+   Pareto frontier of cost against an upper bound of their loss there (`sequence`).
+3. Down that sequence each candidate is tested on the certification rows — H0: "it loses more
+   than ε" — until the first test that does not reject at level δ. Fixed-sequence testing keeps
+   the chance that any rejected H0 was true at most δ, so every candidate before the stop is
+   certified; the cheapest of them is chosen. When none is, the reference is, and the certificate
+   says about how many rows would have certified the best prospect.
+
+What a configuration can lose on one row, `b`: on a labelled row, [reference right] − [it right],
+in {−1, 0, 1}; on an unlabeled row, [its answer differs from the reference's], in {0, 1} — where
+it returns the reference's own answer it is exactly as good as the reference (C3PO, arXiv
+2511.07396), so disagreement bounds the loss. Under H0 every row's b has mean above ε (on an
+unlabeled row, P(differ) ≥ P(reference right and it wrong) ≥ the loss), so two exact tests are
+valid:
+
+* `losses`: on the count of rows lost (b = +1), which is then at least Binomial(n, ε); it
+  ignores the rows a configuration wins;
+* `net`: on rows lost minus rows won, an exact unconditional test (Berger & Boos) — rows it wins
+  count for it, so it can certify a configuration that loses some of the reference's answers and
+  wins others.
+
+Each candidate gets the test that did better on its selection rows (a choice made without the
+certification rows keeps the guarantee). The guarantee assumes the rows, and the inputs the
+program will meet, are exchangeable draws of one distribution; judges scoring labelled rows
+out-of-fold (cross-fitted) keep it only approximately, judges that never saw the rows exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+from tandemlm.optimizers.cost_quality import Point, outcome
+from tandemlm.optimizers.cost_table import Table
+
+#: the share of δ the `net` test spends on its confidence interval for the discordance rate
+NUISANCE = 0.1
+#: discordance rates at which the `net` test evaluates its tail (the supremum over an interval)
+GRID = 16
+#: candidates (spread along the sequence) whose row needs are estimated when none is certified
+PROSPECTS = 12
+_LOG_FACTORIAL = np.zeros(1)
+_NORMAL = NormalDist()
+
+
+# -- the tests ------------------------------------------------------------------------------------
+def _log_factorials(n: int) -> np.ndarray:
+    global _LOG_FACTORIAL
+    if len(_LOG_FACTORIAL) <= n:
+        _LOG_FACTORIAL = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, 2 * n + 2)))])
+    return _LOG_FACTORIAL
+
+
+def _log_pmf(k: np.ndarray, n: int, p: float) -> np.ndarray:
+    """log P(Binomial(n, p) = k), elementwise (-inf outside 0..n)."""
+    k = np.asarray(k)
+    out = np.full(k.shape, -np.inf)
+    inside = (k >= 0) & (k <= n)
+    j = k[inside]
+    if p <= 0.0 or p >= 1.0:
+        out[inside] = np.where(j == (0 if p <= 0.0 else n), 0.0, -np.inf)
+        return out
+    lf = _log_factorials(n)
+    out[inside] = lf[n] - lf[j] - lf[n - j] + j * math.log(p) + (n - j) * math.log1p(-p)
+    return out
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(Binomial(n, p) ≤ k), summed exactly in log space."""
+    if k < 0:
+        return 0.0
+    if k >= n or p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0
+    terms = _log_pmf(np.arange(k + 1), n, p)
+    top = float(terms.max())
+    return min(1.0, math.exp(top) * float(np.exp(terms - top).sum()))
+
+
+def upper_rate(k: int, n: int, alpha: float) -> float:
+    """The Clopper–Pearson upper bound at level `alpha` of a rate seen k times in n."""
+    if k >= n:
+        return 1.0
+    low, high = 0.0, 1.0
+    for _ in range(50):
+        mid = (low + high) / 2
+        low, high = (low, mid) if binomial_tail(k, n, mid) <= alpha else (mid, high)
+    return high
+
+
+def losses_p(b: np.ndarray, labelled: np.ndarray, epsilon: float, delta: float) -> float:
+    """p-value of "the loss exceeds ε" from the count of rows lost (b = +1: the reference right
+    and it wrong, or on an unlabeled row another answer), exact: under that hypothesis each row
+    is lost with chance above ε, so the count is at least Binomial(n, ε)."""
+    return binomial_tail(int(np.sum(b > 0.5)), len(b), epsilon) if len(b) else 1.0
+
+
+def _net_tail(t: int, n: int, lost: float, won: float, unlabeled: int, epsilon: float) -> float:
+    """P(T ≤ t) for T = (rows lost − rows won among n labelled rows, each lost with chance
+    `lost` and won with chance `won`) + Binomial(`unlabeled`, ε)."""
+    def reach(rate: float, rows: int) -> int:  # counts beyond this carry no visible mass
+        rate = max(rate, 0.0)
+        return min(rows, int(rows * rate + 12 * math.sqrt(rows * rate) + 12))
+    wins = np.arange(reach(won, n) + 1)
+    losses = np.arange(reach(lost, n) + 1)
+    given = lost / (1.0 - won) if won < 1.0 else 0.0
+    joint = _log_pmf(wins, n, won)[:, None] + np.stack([_log_pmf(losses, n - w, given) for w in wins])
+    net = (losses[None, :] - wins[:, None]).ravel()
+    order = np.argsort(net, kind="stable")
+    cumulative = np.cumsum(np.exp(joint.ravel()[order]))
+    extra = np.arange(reach(epsilon, unlabeled) + 1) if unlabeled else np.zeros(1, dtype=int)
+    weights = np.exp(_log_pmf(extra, unlabeled, epsilon)) if unlabeled else np.ones(1)
+    at = np.searchsorted(net[order], t - extra, side="right") - 1
+    below = np.where(at >= 0, cumulative[np.clip(at, 0, None)], 0.0)
+    return float(np.sum(weights * below))
+
+
+def net_p(b: np.ndarray, labelled: np.ndarray, epsilon: float, delta: float) -> float:
+    """p-value of "the loss exceeds ε" from the net count of rows lost (rows it wins count for
+    it): an exact unconditional test (Berger & Boos 1994). Under the hypothesis a labelled row
+    is lost with chance (s + ε)/2 and won with chance (s − ε)/2 at worst, s its unknown
+    discordance; the tail is maximised over s in a one-sided Clopper–Pearson interval from the
+    labelled rows at level `NUISANCE`·δ, which is added to the p-value. Unlabeled rows count as
+    lost with chance ε at least."""
+    if not len(b):
+        return 1.0
+    mine = b[labelled]
+    n, unlabeled = len(mine), int((~labelled).sum())
+    lost, won = int(np.sum(mine > 0.5)), int(np.sum(mine < -0.5))
+    t = lost - won + int(np.sum(b[~labelled] > 0.5))
+    changed = max(epsilon, 0.0)  # an unlabeled row is lost at least as often as the loss
+    if n == 0:
+        return binomial_tail(t, unlabeled, changed)
+    gamma = NUISANCE * delta
+    top = upper_rate(lost + won, n, gamma)
+    if top <= abs(epsilon):  # discordance too rare to lose ε, outside the interval
+        return gamma
+    tail = max(_net_tail(t, n, (s + epsilon) / 2, (s - epsilon) / 2, unlabeled, changed)
+               for s in np.linspace(abs(epsilon), top, GRID))
+    return min(1.0, tail + gamma)
+
+
+TESTS: dict[str, Callable[[np.ndarray, np.ndarray, float, float], float]] = {
+    "losses": losses_p, "net": net_p}
+
+
+def loss_bound(b: np.ndarray, labelled: np.ndarray, delta: float, test: str) -> float:
+    """The smallest ε at which `test` certifies these rows at level δ: an upper confidence bound
+    on the loss (to 1e-4)."""
+    pvalue = TESTS[test]
+    low, high = (0.0 if test == "losses" else -1.0), 1.0 - 1e-9
+    if pvalue(b, labelled, high, delta) > delta:
+        return 1.0
+    while high - low > 1e-4:
+        mid = (low + high) / 2
+        low, high = (low, mid) if pvalue(b, labelled, mid, delta) <= delta else (mid, high)
+    return high
+
+
+def rows_needed(b: np.ndarray, labelled: np.ndarray, epsilon: float, delta: float) -> float:
+    """About how many rows like these (labelled and unlabeled in the same shares, each kind
+    lost and won at the rates seen) the better test would need to certify the configuration;
+    inf when it loses ε or more on them."""
+    if not len(b) or float(np.mean(b)) >= epsilon:
+        return math.inf
+    share = float(np.mean(labelled))
+    rates = {key: float(np.mean(mask)) for key, mask in (
+        ("lost", (b > 0.5) & labelled), ("won", (b < -0.5) & labelled), ("changed", (b > 0.5) & ~labelled))}
+
+    def passes(m: int) -> bool:
+        n = round(m * share)
+        lost, won, changed = (round(m * rates[k]) for k in ("lost", "won", "changed"))
+        rows = np.concatenate([np.ones(lost), -np.ones(won), np.zeros(max(n - lost - won, 0)),
+                               np.ones(changed), np.zeros(max(m - n - changed, 0))])
+        mask = np.concatenate([np.ones(max(n, lost + won), dtype=bool),
+                               np.zeros(len(rows) - max(n, lost + won), dtype=bool)])
+        return min(test(rows, mask, epsilon, delta) for test in TESTS.values()) <= delta
+    high = 64
+    while not passes(high):
+        high *= 2
+        if high > 1_000_000:
+            return math.inf
+    low = high // 2
+    while high - low > max(1, low // 50):
+        mid = (low + high) // 2
+        low, high = (low, mid) if passes(mid) else (mid, high)
+    return float(high)
+
+
+# -- the procedure ------------------------------------------------------------------------------
+@dataclass
+class Certificate:
+    """What `certify` chose and the promise it keeps: with probability ≥ 1 − δ over the
+    calibration rows, `chosen`'s accuracy is at least `reference`'s minus ε."""
+
+    chosen: Point
+    reference: Point
+    epsilon: float
+    delta: float
+    #: a configuration other than the reference was certified
+    certified: bool
+    #: upper confidence bound on the chosen point's loss, from its test on the certification
+    #: rows (0 for the reference itself)
+    bound: float
+    rows: dict[str, int]
+    #: the test that certified the chosen point ("losses" or "net"; None for the reference)
+    test: str | None = None
+    #: candidates in the sequence, and how many were tested before the walk stopped
+    sequence: int = 0
+    tested: int = 0
+    #: when nothing was certified: about how many rows would certify the best prospect
+    needed: dict[str, Any] | None = None
+    #: the chosen point's loss as measured on all rows: accuracy lost on labelled rows, answers
+    #: changed on unlabeled ones
+    observed: dict[str, float | None] = field(default_factory=dict)
+
+    def to_dict(self, names: list[str]) -> dict[str, Any]:
+        needed = None
+        if self.needed is not None:
+            needed = {**self.needed, "point": self.needed["point"].to_dict(names)}
+        return {"epsilon": self.epsilon, "delta": self.delta, "reference": names[self.reference.chain[0]],
+                "certified": self.certified, "bound": self.bound, "test": self.test,
+                "rows": self.rows, "sequence": self.sequence, "tested": self.tested,
+                "observed": self.observed, "needed": needed, "statement": self.statement(names)}
+
+    def statement(self, names: list[str]) -> str:
+        """The promise in one sentence, or why there is no saving."""
+        ref = names[self.reference.chain[0]]
+        rows = (f"{self.rows['labelled']} labelled"
+                + (f" + {self.rows['unlabeled']} unlabeled" if self.rows["unlabeled"] else "") + " rows")
+        promise = (f"accuracy >= {ref}'s - {100 * self.epsilon:g} pt with probability >= "
+                   f"{1 - self.delta:g}")
+        if self.certified:
+            saving = 1 - self.chosen.cost / self.reference.cost if self.reference.cost else 0.0
+            return (f"certified on {rows}: {promise} (loss bound {100 * self.bound:.2f} pt), "
+                    f"{saving:.0%} cheaper than {ref}")
+        line = f"no saving certified on {rows}: {ref} itself is returned"
+        if self.needed is not None:
+            point = self.needed["point"]
+            line += (f"; about {self.needed['rows']:,} rows like these (labelled, or unlabeled "
+                     f"inputs) would certify {' -> '.join(names[s] for s in point.chain)} at "
+                     f"{self.needed['cost_fraction']:.2f} of its cost")
+        else:
+            line += "; every cheaper configuration loses at least ε on these rows"
+        return line
+
+
+def split_rows(table: Table, select: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(selection, certification) row indices: a seeded random `select` share of the labelled
+    rows and of the unlabeled rows to selection, the rest to certification."""
+    rng = np.random.default_rng(seed)
+    chosen, rest = [], []
+    for kind in (True, False):
+        rows = np.flatnonzero(table.labelled == kind)
+        rows = rows[rng.permutation(len(rows))]
+        cut = round(select * len(rows))
+        chosen.append(rows[:cut])
+        rest.append(rows[cut:])
+    return np.concatenate(chosen), rng.permutation(np.concatenate(rest))
+
+
+def paths(points: list[Point], reference: Point, base: float, n: int, m: int,
+          delta: float) -> list[list[Point]]:
+    """Per family of configurations cheaper than the reference (one chain of stages, as a
+    cascade, a router or a hybrid), its path from the safest point to the riskiest: the Pareto
+    frontier of cost against an upper bound of the loss (`upper`), in order of that bound. Along
+    one chain's thresholds the risk grows nearly monotonically, so a walk down the path stops
+    where the risk really crosses ε, not at the first lucky configuration of some other chain."""
+    families: dict[tuple[Any, ...], list[Point]] = {}
+    for p in points:
+        if p.cost < reference.cost:
+            families.setdefault((p.chain, p.kind), []).append(p)
+    out = []
+    for members in families.values():
+        path: list[Point] = []
+        cheapest = reference.cost
+        for p in sorted(members, key=lambda p: (upper(p, base, n, m, delta), -p.cost)):
+            if p.cost < cheapest:
+                path.append(p)
+                cheapest = p.cost
+        out.append(path)
+    return out
+
+
+def upper(p: Point, base: float, n: int, m: int, delta: float) -> float:
+    """An upper bound of `p`'s loss as `m` rows would show it, from its figures on `n` rows
+    (mean loss + z standard errors, one disagreement more than seen)."""
+    loss = base - p.quality
+    z = _NORMAL.inv_cdf(1.0 - delta)
+    return loss + z * math.sqrt((max(p.discord - loss ** 2, 0.0) + 1.0 / n) / m)
+
+
+def sequence(points: list[Point], reference: Point, base: float, n: int, m: int, epsilon: float,
+             delta: float) -> list[Point]:
+    """The path (see `paths`) the certification walks down: the family whose path reaches the
+    lowest cost while its loss bound at the certification rows' number `m` stays within ε."""
+    best: tuple[float, list[Point]] | None = None
+    for path in paths(points, reference, base, n, m, delta):
+        within = [p.cost for p in path if upper(p, base, n, m, delta) <= epsilon]
+        if within and (best is None or min(within) < best[0]):
+            best = (min(within), path)
+    return best[1] if best is not None else []
+
+
+def _loss(table: Table, p: Point) -> np.ndarray:
+    right, _ = outcome(table, p)
+    return table.base - right
+
+
+def _test_for(b: np.ndarray, labelled: np.ndarray, epsilon: float, delta: float) -> str:
+    """The test that certifies these (selection) rows more strongly; on a tie, `net` where the
+    configuration wins some rows (only it counts them), else `losses`."""
+    by_losses, by_net = (TESTS[t](b, labelled, epsilon, delta) for t in ("losses", "net"))
+    if by_losses != by_net:
+        return "losses" if by_losses < by_net else "net"
+    return "net" if np.any(b < -0.5) else "losses"
+
+
+def certify(table: Table, reference: int, *, epsilon: float, delta: float,
+            search: Callable[[Table], list[Point]], select: float = 0.3, seed: int = 0) -> Certificate:
+    """The cheapest configuration certified on `table` (its `base` the reference stage's values;
+    see the module docstring). `search(table)` scores every configuration on a table."""
+    selection, certification = split_rows(table, select, seed)
+    ref_full = _single(table, reference)
+    rows = {"labelled": int(table.labelled.sum()), "unlabeled": int((~table.labelled).sum()),
+            "selection": len(selection), "certification": len(certification)}
+    found = Certificate(ref_full, ref_full, epsilon, delta, False, 0.0, rows,
+                        observed=_observed(table, ref_full))
+    if not len(selection) or not len(certification):
+        return found
+    chosen_rows, held = table.take(selection), table.take(certification)
+    points = search(chosen_rows)
+    ref_chosen = next(p for p in points if p.chain == (reference,))
+    candidates = sequence(points, ref_chosen, float(chosen_rows.base.mean()), len(selection),
+                          len(certification), epsilon, delta)
+    found.sequence = len(candidates)
+    passed: list[tuple[Point, str, np.ndarray]] = []
+    for p in candidates:
+        test = _test_for(_loss(chosen_rows, p), chosen_rows.labelled, epsilon, delta)
+        b = _loss(held, p)
+        found.tested += 1
+        if TESTS[test](b, held.labelled, epsilon, delta) > delta:
+            break
+        passed.append((p, test, b))
+    if passed:
+        full = [(_full(table, p), test, b) for p, test, b in passed]
+        best, test, b = min(full, key=lambda x: (x[0].cost, -x[0].quality))
+        if best.cost < ref_full.cost:
+            found.chosen, found.certified, found.test = best, True, test
+            found.bound = loss_bound(b, held.labelled, delta, test)
+            found.observed = _observed(table, best)
+            return found
+    if not candidates:  # no family looked certifiable: say what the most promising would need
+        base, n, m = float(chosen_rows.base.mean()), len(selection), len(certification)
+        candidates = [p for path in paths(points, ref_chosen, base, n, m, delta) for p in path
+                      if base - p.quality < epsilon]
+        candidates.sort(key=lambda p: upper(p, base, n, m, delta))
+    found.needed = _needed(table, candidates, ref_full, epsilon, delta, select)
+    return found
+
+
+def _single(table: Table, s: int) -> Point:
+    return _full(table, Point((s,), (), 0.0, 0.0))
+
+
+def _full(table: Table, p: Point) -> Point:
+    """Point `p`'s configuration scored on every row of `table`."""
+    right, cost = outcome(table, p)
+    discord = float(((table.base - right) ** 2).mean()) if len(right) else 0.0
+    return Point(p.chain, p.thresholds, float(right.mean()), float(cost.mean()), p.router, discord)
+
+
+def _observed(table: Table, p: Point) -> dict[str, float | None]:
+    b = _loss(table, p)
+    return {kind: float(b[table.labelled == labelled].mean()) if np.any(table.labelled == labelled)
+            else None for kind, labelled in (("labelled", True), ("unlabeled", False))}
+
+
+def _needed(table: Table, candidates: list[Point], reference: Point, epsilon: float, delta: float,
+            select: float) -> dict[str, Any] | None:
+    """The candidate that rows like these would certify soonest, and about how many rows (all of
+    them, selection included) that takes."""
+    best: tuple[float, Point] | None = None
+    prospects = [(p, _full(table, p)) for p in candidates]
+    prospects = [(p, full) for p, full in prospects if full.cost < reference.cost
+                 and float(np.mean(_loss(table, p))) < epsilon]
+    step = max(1, len(prospects) // PROSPECTS)
+    for p, full in prospects[::step]:
+        rows = rows_needed(_loss(table, p), table.labelled, epsilon, delta) / (1.0 - select)
+        if math.isfinite(rows) and (best is None or rows < best[0]):
+            best = (rows, full)
+    if best is None:
+        return None
+    rows, point = best
+    return {"rows": math.ceil(rows), "point": point,
+            "cost_fraction": point.cost / reference.cost if reference.cost else None}
