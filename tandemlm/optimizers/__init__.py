@@ -4,6 +4,7 @@ from tandemlm.optimizers.artifacts import load, save_program
 from tandemlm.optimizers.bootstrap_demos import BootstrapDemos
 from tandemlm.optimizers.calibrate import Calibrate
 from tandemlm.optimizers.compile import compile
+from tandemlm.optimizers.escalate import Escalate
 from tandemlm.optimizers.finetune import Finetune
 from tandemlm.optimizers.fit_judges import FitJudges
 from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, select_nodes
@@ -14,7 +15,7 @@ from tandemlm.optimizers.train_scorer import TrainRanker, TrainScorer
 from tandemlm.optimizers.train_verifier import TrainVerifier
 from tandemlm.optimizers.tune_mix import TuneMix
 
-__all__ = ["BootstrapDemos", "Calibrate", "CompileContext", "Finetune", "FitJudges", "NodeCall", "Pass",
+__all__ = ["BootstrapDemos", "Calibrate", "CompileContext", "Escalate", "Finetune", "FitJudges", "NodeCall", "Pass",
            "PassReport", "Reporter", "RichReporter", "TraceStore", "Traces", "TrainRanker",
            "TrainRouter", "TrainScorer", "TrainVerifier", "TuneMix", "compile", "lm_nodes", "load",
            "save_program", "select_nodes"]

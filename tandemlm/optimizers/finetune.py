@@ -25,17 +25,15 @@ target modules are kept), so a second Finetune refines the first instead of disc
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from tandemlm.compose import LMNode, Pipeline
 from tandemlm.optimizers.finetune_data import (Row, consensus_votes, miniplm_scores, node_rows,
-                                               top_fraction)
+                                               top_fraction, train_adapter)
 from tandemlm.optimizers.passes import CompileContext, Pass, lm_nodes, select_nodes, teacher_traces
 from tandemlm.optimizers.trace_store import Traces
 from tandemlm.runtime import CompileError, ConfigError, Model, use_cache
-from tandemlm.runtime.train import count_steps
 from tandemlm.runtime.types import LoraOptions
 
 SELECTIONS = ("passed", "miniplm", "consensus")
@@ -188,23 +186,5 @@ class Finetune(Pass):
     def _train(self, path: str, node: LMNode, model: Model, rows: list[Row],
                ctx: CompileContext) -> Model:
         """Train the node's adapter and return the model that serves it."""
-        out = ctx.artifact_dir("adapters", path)
-        steps = count_steps(math.ceil(len(rows) / self.batch_size), self.epochs, self.accumulate)
-        with ctx.reporter.progress(f"finetune {path}", steps) as advance:
-            result = model.backend.train_lora(
-                [(row.request, row.completion) for row in rows], out,
-                lora=LoraOptions.from_dict(self.lora), epochs=self.epochs, lr=self.lr,
-                batch_size=self.batch_size, seed=ctx.rng(f"train:{path}").getrandbits(31),
-                accumulate=self.accumulate, clip=self.clip, progress=advance)
-        ctx.reporter.note(f"finetune {path}: {len(rows)} rows, {len(result.losses)} steps, train loss "
-                          f"{result.first_loss:.3f} (first epoch) -> {result.final_loss:.3f} "
-                          f"(last), {result.seconds:.1f}s"
-                          + (f"; trained further from adapter '{model.adapter}'" if model.adapter else ""))
-        ctx.details.setdefault("training", {})[path] = {
-            "steps": len(result.losses), "loss_first_epoch": result.first_loss,
-            "loss_last_epoch": result.final_loss, "seconds": round(result.seconds, 3),
-            "adapter": out.relative_to(ctx.out).as_posix(), "base": model.name,
-            "from_adapter": model.adapter is not None}
-        tag = f"+lora:{path}"  # a distinct display name: reports count usage per model name
-        name = model.name if model.name.endswith(tag) else model.name + tag
-        return Model.from_dict({**model.to_dict(), "adapter": str(out), "name": name})
+        return train_adapter(path, model, rows, ctx, lora=self.lora, epochs=self.epochs, lr=self.lr,
+                             batch_size=self.batch_size, accumulate=self.accumulate, clip=self.clip)

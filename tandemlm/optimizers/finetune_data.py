@@ -117,3 +117,35 @@ def consensus_votes(node: LMNode, model: Model, rows: Sequence[Row], samples: in
         texts = result.texts if result.ok else []
         votes.append(sum(_same(node, text, row.outputs) for text in texts))
     return votes
+
+
+# -- training ---------------------------------------------------------------------------------
+def train_adapter(path: str, model: Model, rows: Sequence[Row], ctx: Any, *, lora: dict[str, Any],
+                  epochs: int, lr: float, batch_size: int, accumulate: int = 1,
+                  clip: float | None = 1.0) -> Model:
+    """Train a LoRA adapter for the node at `path` on `rows` (its base `model`'s backend,
+    `train_lora`, the one training loop), saved under the compile's `adapters/NN-<node>`; returns
+    the Model that serves it (a model already carrying an adapter has it trained further). Reports
+    progress and figures through the compile context `ctx`."""
+    from tandemlm.runtime.train import count_steps
+    from tandemlm.runtime.types import LoraOptions
+
+    out = ctx.artifact_dir("adapters", path)
+    steps = count_steps(math.ceil(len(rows) / batch_size), epochs, accumulate)
+    with ctx.reporter.progress(f"finetune {path}", steps) as advance:
+        result = model.backend.train_lora(
+            [(row.request, row.completion) for row in rows], out, lora=LoraOptions.from_dict(lora),
+            epochs=epochs, lr=lr, batch_size=batch_size, seed=ctx.rng(f"train:{path}").getrandbits(31),
+            accumulate=accumulate, clip=clip, progress=advance)
+    ctx.reporter.note(f"finetune {path}: {len(rows)} rows, {len(result.losses)} steps, train loss "
+                      f"{result.first_loss:.3f} (first epoch) -> {result.final_loss:.3f} "
+                      f"(last), {result.seconds:.1f}s"
+                      + (f"; trained further from adapter '{model.adapter}'" if model.adapter else ""))
+    ctx.details.setdefault("training", {})[path] = {
+        "steps": len(result.losses), "loss_first_epoch": result.first_loss,
+        "loss_last_epoch": result.final_loss, "seconds": round(result.seconds, 3),
+        "adapter": out.relative_to(ctx.out).as_posix(), "base": model.name,
+        "from_adapter": model.adapter is not None}
+    tag = f"+lora:{path}"  # a distinct display name: reports count usage per model name
+    name = model.name if model.name.endswith(tag) else model.name + tag
+    return Model.from_dict({**model.to_dict(), "adapter": str(out), "name": name})

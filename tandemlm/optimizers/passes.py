@@ -71,7 +71,7 @@ class CompileContext:
         None when the compile has none."""
         if not self.unlabeled:
             return None
-        return self.store.run(pipeline, self.unlabeled, metric=_unscored)
+        return self.store.run(pipeline, self.unlabeled, metric=unscored)
 
     def calibration_traces(self, pipeline: Pipeline, traces: Traces) -> Traces:
         """The traces a pass fits judges, routers or thresholds on: `pipeline` run on the valset
@@ -98,7 +98,7 @@ class CompileContext:
         return copy.deepcopy(pipeline)
 
 
-def _unscored(example: Any, prediction: Any, trace: Any = None) -> float:
+def unscored(example: Any, prediction: Any, trace: Any = None) -> float:
     """The metric of unlabeled inputs: there is nothing to compare with."""
     return 0.0
 

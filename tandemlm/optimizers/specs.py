@@ -37,6 +37,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "TrainRouter": "tandemlm.optimizers.train_router",
     "TuneMix": "tandemlm.optimizers.tune_mix",
     "Calibrate": "tandemlm.optimizers.calibrate",
+    "Escalate": "tandemlm.optimizers.escalate",
 }
 
 _SPEC = re.compile(r"^\s*(?P<name>[^()\s]+)\s*(?:\((?P<args>.*)\))?\s*$", re.S)

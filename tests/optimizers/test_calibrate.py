@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -211,7 +210,7 @@ def test_chain_points_in_arrays_equal_the_point_by_point_evaluation(monkeypatch,
                 [getattr(p, field) for p in want], rel=1e-12, abs=1e-15)
         assert len(got) > 1 or len(chain) == 1
         kept = cost_quality._chain_points(table, chain, grid=6)
-        def frontier_of(key):
+        def frontier_of(key, want=want):
             best, out = None, set()
             for p in sorted(want, key=lambda p: (p.cost, key(p))):
                 if best is None or key(p) < best:

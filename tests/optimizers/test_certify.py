@@ -12,7 +12,7 @@ import pytest
 
 from tandemlm.optimizers.certify import (binomial_tail, certify, losses_p, net_p, paths, rows_needed,
                                          split_rows, upper_rate)
-from tandemlm.optimizers.cost_quality import Point, search
+from tandemlm.optimizers.cost_quality import search
 from tandemlm.optimizers.cost_table import Table
 
 
@@ -102,7 +102,7 @@ def _cheap_first(n, differs, seed=0, labelled=False):
 def test_unlabeled_rows_where_the_cheap_stage_copies_the_reference_certify_it():
     table = _cheap_first(1000, differs=0.0)
     got = certify(table, 1, epsilon=0.01, delta=0.1, search=FIND)
-    assert got.certified and got.chosen.chain == (0,) or got.chosen.chain[0] == 0
+    assert (got.certified and got.chosen.chain == (0,)) or got.chosen.chain[0] == 0
     assert got.chosen.cost == pytest.approx(0.1, abs=0.01)  # the reference is never called
     assert got.bound <= 0.01 and got.test == "losses"
     assert got.rows == {"labelled": 0, "unlabeled": 1000, "selection": 300, "certification": 700}
