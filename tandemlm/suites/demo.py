@@ -3,13 +3,14 @@ every single model — no GPU, API key or download.
 
 The packaged OVERRULING data (FrugalGPT's 2,160 rows, gzip-compressed in the package) is split by
 row index: odd rows are the test half; of the even rows, three in four train the MiniLM judge
-(`TrainScorer`) and one in four calibrates the cascade: `Calibrate(match=1.0, delta=0.1,
-tolerance_se=1.0)`, the cheapest chain that matches GPT-4's accuracy on the calibration rows,
-within one standard error, in 90% of bootstrap resamples of them. Writes into `out`:
+(`TrainScorer`) and one in four calibrates the cascade: `Calibrate(epsilon=0.03, delta=0.1)`, the
+cheapest chain certified to keep GPT-4's accuracy (the best single model on the calibration rows)
+within 3 points with probability at least 0.9 — on 270 calibration rows, a 1-point promise would
+need about four times as many (the report says how many). Writes into `out`:
 
 * `compiled/` — the compiled program (`program.json`, scorer weights, the calibration curve);
 * `eval/results.jsonl` — every test example's answer, trace and cost; `eval/summary.json`;
-* `report.json` — every single model's and the cascade's test accuracy and cost;
+* `report.json` — every single model's and the cascade's test accuracy and cost, and the promise;
 * `results.json` — the same run as a one-task suite result, so `tandem report DIR` renders it;
 * `cost_quality.png` — on the test half: every single model, the cost–quality curve of every
   chain and threshold (what the best choice could have been), and the compiled cascade.
@@ -33,7 +34,7 @@ from tandemlm.suites.overruling import STAGES, build, metric, splits
 from tandemlm.suites.run import results_header, task_entry
 from tandemlm.suites.suite import Task
 
-PASSES = (TrainScorer(train_encoder=True, epochs=3), Calibrate(epsilon=0.01, delta=0.1))
+PASSES = (TrainScorer(train_encoder=True, epochs=3), Calibrate(epsilon=0.03, delta=0.1))
 DATA = "overruling_all.jsonl.gz"
 
 
@@ -127,6 +128,8 @@ def print_report(report: dict[str, Any], out: str | Path, console: Console | Non
     console = console or terminal.console()
     console.print(table(report))
     console.print(verdict(report))
+    console.print(f"the promise, from the calibration rows: {report['calibration']['promise']['statement']}",
+                  markup=False, soft_wrap=True)
     console.print(f"report: {out}/report.json, per-example results: {out}/eval/results.jsonl, "
                   f"plot: {out}/cost_quality.png")
 

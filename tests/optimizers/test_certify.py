@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from tandemlm.optimizers.certify import (binomial_tail, certify, losses_p, net_p, paths, rows_needed,
-                                         split_rows, upper_rate)
+from tandemlm.optimizers.certify import certify, paths, split_rows
+from tandemlm.optimizers.risk_tests import binomial_tail, losses_p, net_p, rows_needed, upper_rate
 from tandemlm.optimizers.cost_quality import search
 from tandemlm.optimizers.cost_table import Table
 
