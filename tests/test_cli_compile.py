@@ -190,3 +190,49 @@ def test_calibrate_on_examples_that_all_failed_says_why(project, tmp_path, step_
     text = said(result)
     assert "calibrate cascade: no training example produced a usable stage run" in text
     assert why in text and common in text
+
+
+AGREEING = '''
+from tandemlm import LMNode, Model, Pipeline
+from tandemlm.modules.cascade import Cascade, Stage
+from tandemlm.testing import chat_reply
+
+
+def build():
+    # TEST DOUBLES: a cheap and a strong scripted model that always give the same answer, the
+    # strong one priced; a judge sure of the cheap one
+    def model(name, price=None):
+        return Model("scripted", f"cli-agree-{name}", reply=chat_reply(answer="x", score=0.9),
+                     price=price)
+    stages = [Stage(LMNode("question -> answer", model=model("cheap"), name="cheap"),
+                    judge=LMNode("question, answer -> score: float", model=model("judge"),
+                                 name="judge"), threshold=0.5),
+              Stage(LMNode("question -> answer", model=model("strong", (100.0, 100.0)),
+                           name="strong"))]
+    return Pipeline([Cascade(stages)], name="agreeing")
+
+
+def metric(example, prediction, trace=None):
+    return prediction.answer == "x"
+'''
+
+
+def test_compile_certifies_on_unlabeled_inputs_and_states_the_promise(project, tmp_path):
+    (tmp_path / "agree.py").write_text(textwrap.dedent(AGREEING))
+    project.update(program=f"{tmp_path / 'agree.py'}:build", metric=f"{tmp_path / 'agree.py'}:metric")
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text("".join(json.dumps({"question": f"q{i}"}) + "\n" for i in range(500)))
+    result = invoke(*compile_args(project, "--passes", "Calibrate(reference='strong')",
+                                  "--unlabeled", str(inputs)))
+    assert result.exit_code == 0, result.output
+    text = said(result)
+    # 5 labelled rows could never certify a saving; 500 inputs on which the cheap model gives
+    # strong's answer do, and the CLI states the promise
+    assert "cascade: certified on 5 labelled + 500 unlabeled rows: accuracy >= strong's - 1 pt" in text
+    assert "cheaper than strong" in text
+    details = json.loads((tmp_path / "out" / "report.json").read_text())["passes"][0]["details"]
+    assert details["cascade"]["promise"]["rows"]["unlabeled"] == 500
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    refused = invoke(*compile_args(project, "--passes", "Calibrate", "--unlabeled", str(empty)))
+    assert refused.exit_code == 2 and "unlabeled inputs" in said(refused) and "has no examples" in said(refused)

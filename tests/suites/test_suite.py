@@ -293,3 +293,17 @@ def test_the_chosen_point_is_never_dearer_on_train_than_the_best_single_model_th
         assert task["cascade"]["train_cost"] <= best["train_cost"] + 1e-12, name
         passes = dict((n, c) for n, c in task["passes"])
         assert passes["Calibrate"]["delta"] == 0.1 and passes["FitJudges"]["folds"] == 5
+
+
+def test_labels_keeps_some_train_labels_and_hands_the_rest_over_as_inputs(data_dir):
+    full = suite(data_dir, scorer=False).task("split")
+    cut = suite(data_dir, scorer=False, labels=30).task("split")
+    assert len(cut.train) == 30 and len(cut.unlabeled) == len(full.train) - 30
+    assert all("gold" not in x and "recorded" not in x for x in cut.unlabeled)  # inputs only
+    assert {x["id"] for x in cut.train}.isdisjoint({x["id"] for x in cut.unlabeled})
+    assert cut.config_hash() != full.config_hash()
+    assert suite(data_dir, scorer=False, labels=30).task("split").train == cut.train  # seeded
+    with pytest.raises(ConfigError, match="--labels"):
+        suite(data_dir, scorer=False, labels=len(full.train)).task("split")
+    with pytest.raises(ConfigError, match="does not take option"):
+        load_suite("overruling", labels=30)
