@@ -34,7 +34,7 @@ from typing import Any
 
 from tandemlm.optimizers.artifacts import atomic_write
 from tandemlm.runtime import ConfigError
-from tandemlm.suites.run import frac, pct, slug
+from tandemlm.suites.run import frac, pct, promise_cell, slug
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em;
@@ -146,7 +146,8 @@ def header(results: dict[str, Any]) -> str:
 
 SUMMARY_HEAD = ["Task", "n test", "Metric", "Value ± stderr (%)", "Best single (acc %, cost/ex)",
                 "Cheapest within 1 pt (acc %, cost/ex)", "Compiled cascade (acc %, cost/ex)",
-                "Cost fraction", "Parity cost fraction", "Curve AUC (singles)", "Judge features won"]
+                "Promise certified on train", "Cost fraction", "Parity cost fraction",
+                "Curve AUC (singles)", "Judge features won"]
 
 
 def summary_table(results: dict[str, Any]) -> str:
@@ -170,6 +171,7 @@ def summary_row(name: str, task: dict[str, Any]) -> str:
         f"{_e(best['model'])} ({pct(best['accuracy'])}, {_cost(best['cost'])})",
         f"{_e(near['model'])} ({pct(near['accuracy'])}, {_cost(near['cost'])})",
         f"{_stages(cascade['stages'])} ({pct(cascade['accuracy'])}, {_cost(cascade['cost'])})",
+        _e(promise_cell(task)),
         _num(frac(cascade.get("cost_fraction"))), _num(frac(task.get("parity_cost_fraction"))),
         _num(f"{frac(task.get('curve_auc'))} ({frac(task.get('singles_auc'))})"),
         _won(task.get("judge_features"))])

@@ -248,14 +248,29 @@ def frac(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
+def promise_cell(task: dict[str, Any]) -> str:
+    """What `Calibrate(epsilon=...)` certified on train data, in a few words ("—" without a
+    promise): "≥ REF − 1 pt (bound 0.62)" or "none on 300 rows (~1,200 needed)"."""
+    promise = task.get("promise")
+    if not promise:
+        return "—"
+    if promise["certified"]:
+        return (f"≥ {promise['reference']} − {100 * promise['epsilon']:g} pt "
+                f"(bound {100 * promise['bound']:.2f})")
+    rows = promise["rows"]["labelled"] + promise["rows"]["unlabeled"]
+    needed = promise.get("rows_needed")
+    return f"none on {rows} rows" + (f" (~{needed:,} needed)" if needed else "")
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     """One row per task, in the style of lm-evaluation-harness's results table."""
     head = ("| Task | n | Metric | Value | | Stderr | Best single (acc, $/ex) | Cheapest within 1 pt "
-            "| Cascade chosen on train | Cost fraction | Parity cost fraction | Curve AUC |")
-    lines = [head, "|" + "|".join(["---"] * 12) + "|"]
+            "| Cascade chosen on train | Promise certified on train | Cost fraction "
+            "| Parity cost fraction | Curve AUC |")
+    lines = [head, "|" + "|".join(["---"] * 13) + "|"]
     for name, t in results["tasks"].items():
         if "error" in t:
-            lines.append(f"| {name} | | error | | | | {t['error'][:80]} | | | | | |")
+            lines.append(f"| {name} | | error | | | | {t['error'][:80]} | | | | | | |")
             continue
         m = t["metric"]
         best, near, cas = t.get("best_single"), t.get("cheapest_within_1pt"), t.get("cascade")
@@ -264,29 +279,30 @@ def markdown_table(results: dict[str, Any]) -> str:
             + (f"{best['model']} ({pct(best['accuracy'])}, {best['cost']:.2e}) | "
                f"{near['model']} ({pct(near['accuracy'])}) | "
                f"{' → '.join(cas['stages'])} ({pct(cas['accuracy'])}, {cas['cost']:.2e}) | "
-               f"{frac(cas['cost_fraction'])} | {frac(t['parity_cost_fraction'])} | "
-               f"{frac(t['curve_auc'])} |" if best else "| | | | | |"))
+               f"{promise_cell(t)} | {frac(cas['cost_fraction'])} | "
+               f"{frac(t['parity_cost_fraction'])} | {frac(t['curve_auc'])} |" if best
+               else "| | | | | | |"))
     return "\n".join(lines)
 
 
 def results_table(results: dict[str, Any]) -> Table:
     """The terminal version of `markdown_table`."""
     out = Table(title=f"suite {results['suite']}: test split, cascade chosen on train data only")
+    left = ("task", "best single", "cascade (chosen on train)", "promise")
     for column in ("task", "n", "metric ± stderr", "best single", "cascade (chosen on train)",
-                   "cost fraction", "parity", "AUC"):
-        out.add_column(column, justify="left" if column in ("task", "best single",
-                                                            "cascade (chosen on train)") else "right")
+                   "promise", "cost fraction", "parity", "AUC"):
+        out.add_column(column, justify="left" if column in left else "right")
     for name, t in results["tasks"].items():
         if "error" in t:
-            out.add_row(name, "", "[red]error[/red]", t["error"][:60], "", "", "", "")
+            out.add_row(name, "", "[red]error[/red]", t["error"][:60], "", "", "", "", "")
             continue
         m, best, cas = t["metric"], t.get("best_single"), t.get("cascade")
         value = f"{pct(m['value'])} ± {pct(m['stderr'])}"
         if not best:
-            out.add_row(name, str(t["n_test"]), value, "", "", "", "", "")
+            out.add_row(name, str(t["n_test"]), value, "", "", "", "", "", "")
             continue
         out.add_row(name, str(t["n_test"]), value, f"{best['model']} {pct(best['accuracy'])}",
-                    " → ".join(cas["stages"]), frac(cas["cost_fraction"]),
+                    " → ".join(cas["stages"]), promise_cell(t), frac(cas["cost_fraction"]),
                     frac(t["parity_cost_fraction"]), frac(t["curve_auc"]))
     return out
 
