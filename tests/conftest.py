@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 # Wide consoles: rich wraps CLI messages at the terminal width (80 without a terminal), and a
 # worker's longer temporary paths (.../popen-gw0/...) would be cut across lines in the output
 # the CLI tests read.
@@ -27,3 +29,16 @@ def pytest_collection_modifyitems(config, items) -> None:
     last runs alone on one worker while the other has nothing left to do. The order inside a
     file, and among the other files, is kept."""
     items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests: for the tests' small models it is as fast as two on
+    an idle machine, and torch's spinning worker threads make it many times slower when another
+    process holds a core."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

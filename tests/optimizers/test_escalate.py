@@ -14,7 +14,6 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 from finetune_task import LORA, WORDS, base_model_path, metric, rule_reply, small_model, word_node
 
 from tandemlm import LMNode, Model, Pipeline, evaluate
@@ -25,17 +24,9 @@ from tandemlm.optimizers.escalate import _split
 from tandemlm.runtime import CompileError, ConfigError
 from tandemlm.testing import chat_reply
 
-pytestmark = pytest.mark.heavy
+pytestmark = [pytest.mark.heavy, pytest.mark.usefixtures("one_torch_thread")]
 
 pytest.importorskip("peft")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _codes() -> list[dict]:

@@ -32,22 +32,13 @@ from tandemlm.runtime.backends.hf_lora import encode_example
 from tandemlm.testing import chat_reply, request_field
 from recorder import Recorder
 
-pytestmark = pytest.mark.heavy  # minutes of work on first use: scheduled first
+pytestmark = [pytest.mark.heavy,  # minutes of work on first use: scheduled first
+              pytest.mark.usefixtures("one_torch_thread")]
 
 pytest.importorskip("peft")
 
 TRAIN, HELD = make_data()
 SCRIPT = Path(__file__).with_name("finetune_task.py")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # One thread: for a 64-wide model it is as fast as two on an idle machine, and torch's
-    # spinning worker threads make it many times slower when another process holds a core.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
