@@ -110,9 +110,17 @@ class Certificate:
         line = f"no saving certified on {rows}: {ref} itself is returned"
         if self.needed is not None:
             point = self.needed["point"]
-            line += (f"; about {self.needed['rows']:,} rows like these (labelled, or unlabeled "
-                     f"inputs) would certify {' -> '.join(names[s] for s in point.chain)} at "
-                     f"{self.needed['cost_fraction']:.2f} of its cost")
+            prospect = (f"{' -> '.join(names[s] for s in point.chain)} at "
+                        f"{self.needed['cost_fraction']:.2f} of its cost")
+            if self.needed["rows"] > self.rows["labelled"] + self.rows["unlabeled"]:
+                line += (f"; about {self.needed['rows']:,} rows like these (labelled, or "
+                         f"unlabeled inputs) would certify {prospect}")
+            else:
+                # enough rows on the whole, but the path chosen on the selection rows failed
+                line += (f"; the path chosen on the selection rows failed its test on the "
+                         f"certification rows, though rows like these would usually certify "
+                         f"{prospect} from about {self.needed['rows']:,} (another draw of the "
+                         f"split, or more rows, may)")
         else:
             line += "; every cheaper configuration loses at least ε on these rows"
         return line

@@ -131,6 +131,17 @@ def test_too_few_rows_certify_nothing_and_say_how_many_would():
                    epsilon=0.01, delta=0.1, search=FIND).certified
 
 
+def test_a_miss_on_rows_enough_is_not_reported_as_rows_too_few():
+    # the walk failed on the certification rows although the prospect's rows-needed estimate is
+    # below the rows used: the statement must not ask for fewer rows than the user gave
+    table = _cheap_first(150, differs=0.0, labelled=True)
+    got = certify(table, 1, epsilon=0.01, delta=0.1, search=FIND)
+    got.rows = {**got.rows, "labelled": 1000}
+    line = got.statement(["cheap", "ref"])
+    assert "failed its test on the certification rows" in line and "would certify" not in line
+    assert f"from about {got.needed['rows']:,}" in line
+
+
 def test_the_sequence_runs_from_safe_to_risky_along_one_chain():
     table = _cheap_first(400, differs=0.02, seed=3, labelled=False)
     points = FIND(table)
