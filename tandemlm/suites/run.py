@@ -250,7 +250,8 @@ def frac(x: float | None) -> str:
 
 def promise_cell(task: dict[str, Any]) -> str:
     """What `Calibrate(epsilon=...)` certified on train data, in a few words ("—" without a
-    promise): "≥ REF − 1 pt (bound 0.62)" or "none on 300 rows (~1,200 needed)"."""
+    promise): "≥ REF − 1 pt (bound 0.62)" or "none on 300 rows (~1,200 needed)"; when the rows
+    would usually do, the walk failed on its certification rows and the cell says so."""
     promise = task.get("promise")
     if not promise:
         return "—"
@@ -259,6 +260,8 @@ def promise_cell(task: dict[str, Any]) -> str:
                 f"(bound {100 * promise['bound']:.2f})")
     rows = promise["rows"]["labelled"] + promise["rows"]["unlabeled"]
     needed = promise.get("rows_needed")
+    if needed and needed <= rows:
+        return f"none on {rows} rows (the chosen path failed; ~{needed:,} usually do)"
     return f"none on {rows} rows" + (f" (~{needed:,} needed)" if needed else "")
 
 

@@ -17,7 +17,7 @@ from tandemlm.evaluate import evaluate, load_program, packaged_data
 from tandemlm.runtime import ConfigError
 from tandemlm.runtime.backends.recorded import read_replay_file
 from tandemlm.suites.replay import discover, recorded_correct, suite
-from tandemlm.suites.run import run_suite
+from tandemlm.suites.run import promise_cell, run_suite
 from tandemlm.suites.suite import load_suite
 
 EXCERPT = packaged_data("overruling_excerpt.jsonl")
@@ -307,3 +307,15 @@ def test_labels_keeps_some_train_labels_and_hands_the_rest_over_as_inputs(data_d
         suite(data_dir, scorer=False, labels=len(full.train)).task("split")
     with pytest.raises(ConfigError, match="does not take option"):
         load_suite("overruling", labels=30)
+
+
+def test_the_promise_cell_says_what_was_certified_and_why_not():
+    rows = {"labelled": 300, "unlabeled": 0}
+    assert promise_cell({}) == "—"
+    assert promise_cell({"promise": {"certified": True, "reference": "gpt-4", "epsilon": 0.01,
+                                     "bound": 0.0062, "rows": rows}}) == "≥ gpt-4 − 1 pt (bound 0.62)"
+    short = {"certified": False, "rows": rows, "rows_needed": 1200}
+    assert promise_cell({"promise": short}) == "none on 300 rows (~1,200 needed)"
+    missed = {**short, "rows_needed": 250}
+    assert "the chosen path failed" in promise_cell({"promise": missed})
+    assert promise_cell({"promise": {**short, "rows_needed": None}}) == "none on 300 rows"
