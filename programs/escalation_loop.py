@@ -17,7 +17,12 @@ Then the kept program runs on held-out test rows next to GPT-4 alone. Prints one
 learnt, seconds) and, last, one JSON object.
 
     python programs/escalation_loop.py [--out runs/escalation_loop] [--labels 150]
-        [--unlabeled 400] [--test 200] [--epsilon 3] [--rounds 3] [--threads 1]
+        [--unlabeled 800] [--test 200] [--epsilon 3] [--rounds 3] [--threads 1]
+
+Measured with `--rounds 2 --threads 1` (2 CPU cores, 37 minutes): certified cost 1.000 → 0.704 →
+0.596 of GPT-4's, SmolLM2 0.487 → 0.813 → 0.933 on the labelled rows; on the test rows 0.900 at
+0.536 of GPT-4's cost (GPT-4 alone 0.900). With 400 unlabeled inputs nothing cheaper was
+certified after round 1 (docs/cascades.md).
 
 Re-running with the same --out resumes the compile (model answers are cached).
 """
@@ -67,7 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/escalation_loop")
     parser.add_argument("--labels", type=int, default=150)
-    parser.add_argument("--unlabeled", type=int, default=400)
+    parser.add_argument("--unlabeled", type=int, default=800)
     parser.add_argument("--test", type=int, default=200)
     parser.add_argument("--epsilon", type=float, default=3.0, help="accuracy points")
     parser.add_argument("--rounds", type=int, default=3)
