@@ -162,6 +162,8 @@ def test_a_damaged_cache_file_is_moved_aside_and_rebuilt(tmp_path):
 def test_a_damaged_entry_is_dropped_and_recomputed(tmp_path):
     import sqlite3
 
+    import pytest
+
     path = tmp_path / "calls.sqlite"
     _fill(path, ["a"], "entry")
     db = sqlite3.connect(path)
@@ -169,7 +171,7 @@ def test_a_damaged_entry_is_dropped_and_recomputed(tmp_path):
     db.commit()
     db.close()
     model = scripted("entry", reply="ok")
-    with use_cache(CallCache(path)):
+    with use_cache(CallCache(path)), pytest.warns(UserWarning, match="not JSON"):
         assert model.generate([ask("a")])[0].text == "ok"
     assert len(model.backend.history) == 1  # recomputed, not crashed on
     with use_cache(CallCache(path)):

@@ -139,7 +139,7 @@ def test_a_constraint_that_cannot_run_fails_alone_with_the_fix(vllm, monkeypatch
     got = xgrammar.generate([_chat("a", constraint=lark), _chat("b", constraint=Constraint("regex", "yes"))])
     assert not got[0].ok and "'guidance'" in got[0].error and "JSONAdapter" in got[0].error
     assert got[1].ok and got[1].text == "yes"
-    engine = [c for n, c in vllm.CALLS if n == "LLM"][0]
+    engine = next(c for n, c in vllm.CALLS if n == "LLM")
     assert engine["structured_outputs_config"] == {"backend": "xgrammar"}  # the user's choice kept
 
     off = Model("vllm", "org/small", constrained=False)
@@ -160,3 +160,22 @@ def test_models_on_one_base_share_one_engine_whether_or_not_they_constrain(vllm)
         model.generate([_chat("hi")])
     engines = [c["structured_outputs_config"] for n, c in vllm.CALLS if n == "LLM"]
     assert engines == [{"backend": "guidance"}, {"disable_any_whitespace": True, "backend": "guidance"}]
+
+
+def test_a_local_checkpoint_rewritten_in_place_misses_the_call_cache(vllm, tmp_path):
+    from tandemlm.runtime import CallCache, use_cache
+
+    checkpoint = tmp_path / "merged"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(b"weights v1")
+    model = Model("vllm", str(checkpoint))
+    with use_cache(CallCache()):
+        model.generate([_chat("hi")])
+        model.generate([_chat("hi")])
+        assert [name for name, _ in vllm.CALLS].count("chat") == 1
+        weights.write_bytes(b"weights v2")  # e.g. a merged fine-tune saved over the same path
+        model.generate([_chat("hi")])
+    assert [name for name, _ in vllm.CALLS].count("chat") == 2
+    assert Model("vllm", "org/small").backend.identity() == "org/small"  # a hub name names its weights

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 from tandemlm.runtime.backend import Backend
@@ -79,7 +80,14 @@ class VLLMBackend(Backend):
             self.constraint_kinds = ("json_schema", "regex")
 
     def identity(self) -> str:
-        return self.model_id
+        """The weights' identity: a local checkpoint directory's content (see `weights_identity`),
+        so the call cache never answers for weights rewritten in place; else the model name."""
+        path = Path(self.model_id).expanduser()
+        if not path.is_dir():
+            return self.model_id
+        from tandemlm.runtime.backends.hf_common import weights_identity  # torch, which vLLM needs
+
+        return weights_identity(path)
 
     # -- engine ----------------------------------------------------------------------------------
     def engine(self) -> Any:
