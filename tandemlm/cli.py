@@ -59,7 +59,9 @@ def main(
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    """The error as one line (its text may come from data or an artifact: shown, not obeyed as
+    markup or control characters), and exit 2."""
+    console.print(f"[bold red]error:[/] {terminal.safe(exc, markup=True)}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -104,7 +106,7 @@ def suite_command(
         loaded = load_suite(suite, **options)
         if list_tasks:
             for name in loaded.names():
-                console.print(name)
+                console.print(name, markup=False)
             return
         out = out or Path("runs") / f"suite-{slug(loaded.name)}"
         results = run_suite(loaded, out, tasks=names or None, console=console)
@@ -112,7 +114,7 @@ def suite_command(
         _fail(exc)
     print_results(results, console)
     console.print(f"results: {out}/results.json (table: {out}/results.md, per task: "
-                  f"{out}/TASK/eval/results.jsonl); HTML report: `tandem report {out}`")
+                  f"{out}/TASK/eval/results.jsonl); HTML report: `tandem report {out}`", markup=False)
     if any("error" in t for t in results["tasks"].values()):
         raise typer.Exit(code=1)
 
@@ -130,7 +132,7 @@ def report_command(
         path = render_report(results, out)
     except TandemError as exc:
         _fail(exc)
-    console.print(f"report written to {path}")
+    console.print(f"report written to {path}", markup=False)
 
 
 def _interactive() -> bool:
@@ -139,9 +141,12 @@ def _interactive() -> bool:
 
 def _ask_to_run(source: str) -> bool:
     """On a terminal, whether the user wants to run the source an artifact names."""
-    return _interactive() and typer.confirm(f"the artifact was compiled from program '{source}'; "
-                                            f"import and run that code?", default=False)
+    return _interactive() and typer.confirm(f"the artifact was compiled from program "
+                                            f"'{terminal.safe(source)}'; import and run that code?",
+                                            default=False)
 
+
+_ENCODING_HELP = "the text encoding of the data files, e.g. latin-1 or cp1252"
 
 _TRUST_HELP = ("for a bare artifact DIR: run the program source its program.json records "
                "(default: refuse; name the code instead, DIR@PROGRAM)")
@@ -176,6 +181,11 @@ def serve_command(
                                                 "(the key itself is never an option)"),
     max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", min=1,
                                        help="largest request body accepted (413 beyond)"),
+    max_n: int = typer.Option(16, "--max-n", min=1, help="most choices ('n') one request may ask "
+                                                         "for (400 beyond)"),
+    max_tokens: int = typer.Option(16_384, "--max-tokens", min=1, help="largest 'max_tokens' a "
+                                                                      "request may ask for (400 "
+                                                                      "beyond)"),
 ) -> None:
     """Serve models and compiled pipelines behind OpenAI-compatible endpoints (micro-batched)."""
     from tandemlm.optimizers.specs import load_any_program
@@ -194,7 +204,8 @@ def serve_command(
         programs = {name: load_any_program(target, trust_source=trust_source, confirm=_ask_to_run)
                     for name, target in (_named(spec, "--program") for spec in program)}
         server = create_app(models, programs, window_s=window_ms / 1000, max_batch=max_batch,
-                            api_key=api_key, max_body_bytes=max_body_bytes)
+                            api_key=api_key, max_body_bytes=max_body_bytes, max_n=max_n,
+                            max_tokens=max_tokens)
     except TandemError as exc:
         _fail(exc)
     import uvicorn
@@ -202,7 +213,7 @@ def serve_command(
     warning = exposure_warning(host, api_key)
     if warning:
         console.print(f"[bold yellow]warning:[/] {warning}")
-    console.print(f"serving {', '.join([*models, *programs])} at http://{host}:{port}/v1")
+    console.print(f"serving {', '.join([*models, *programs])} at http://{host}:{port}/v1", markup=False)
     uvicorn.run(server, host=host, port=port, log_level="warning")
 
 
@@ -220,6 +231,7 @@ def eval_command(
     trust_source: bool = typer.Option(False, "--trust-source", help=_TRUST_HELP),
     fresh: bool = typer.Option(False, "--fresh", help="with --out: ignore the records there and "
                                                       "run every example again (default: resume)"),
+    encoding: str = typer.Option("utf-8", "--encoding", help=_ENCODING_HELP),
 ) -> None:
     """Evaluate a program: quality and cost per model. Exits 1 when more than half of the
     examples failed, 130 when interrupted (a re-run with the same --out resumes)."""
@@ -230,7 +242,7 @@ def eval_command(
         pipeline = load_any_program(program, trust_source=trust_source, confirm=_ask_to_run)
         result = evaluate(pipeline, data, load_metric(metric), limit=limit, out=out,
                           batch_size=batch_size, max_errors=max_errors, fresh=fresh,
-                          warn=False)  # the failure is printed below, and exits 1
+                          encoding=encoding, warn=False)  # the failure is printed below, and exits 1
     except TandemError as exc:
         _fail(exc)
     except EvaluationInterrupted as exc:
@@ -238,7 +250,8 @@ def eval_command(
         raise typer.Exit(code=130) from None
     result.print(console)
     if out is not None:
-        console.print(f"results written to {out}/results.jsonl and {out}/summary.json")
+        console.print(f"results written to {out}/results.jsonl and {out}/summary.json",
+                      markup=False)
     failure = result.failure()
     if failure is not None:
         console.print(f"[bold red]error:[/] {failure} (most common errors above); the score "
@@ -267,6 +280,7 @@ def compile_command(
     no_cache: bool = typer.Option(False, "--no-cache", help="do not keep model calls in "
                                                             "OUT/calls.sqlite (memory only)"),
     trust_source: bool = typer.Option(False, "--trust-source", help=_TRUST_HELP),
+    encoding: str = typer.Option("utf-8", "--encoding", help=_ENCODING_HELP),
 ) -> None:
     """Compile a program: run passes over its traces and write a loadable artifact."""
     from tandemlm.evaluate import load_metric
@@ -280,7 +294,7 @@ def compile_command(
         compiled = compile(pipeline, train, load_metric(metric),
                            passes=steps, valset=val, unlabeled=unlabeled, out_dir=out,
                            source=spec_source(program), seed=seed, batch_size=batch_size,
-                           reporter=RichReporter(console), cache=not no_cache)
+                           reporter=RichReporter(console), cache=not no_cache, encoding=encoding)
     except TandemError as exc:
         _fail(exc)
     console.print(report_table(compiled.compile_report, "val" if val is not None else "train"))
@@ -291,7 +305,8 @@ def compile_command(
                               soft_wrap=True)
     code = spec_source(program) or program
     console.print(f"compiled program written to {out}/program.json (report: {out}/report.json); "
-                  f"evaluate it with `tandem eval {out}@{code} --data FILE --metric {metric}`")
+                  f"evaluate it with `tandem eval {out}@{code} --data FILE --metric {metric}`",
+                  markup=False)
 
 
 @app.command("graph")
@@ -310,7 +325,7 @@ def graph_command(
     try:
         pipeline = load_any_program(program, trust_source=trust_source, confirm=_ask_to_run)
         if out is not None:
-            console.print(f"graph written to {write_graph(pipeline, out)}")
+            console.print(f"graph written to {write_graph(pipeline, out)}", markup=False)
             return
     except TandemError as exc:
         _fail(exc)

@@ -12,13 +12,17 @@ final output field (one no node reads) when it has one, else a JSON object of th
 example answers HTTP 500 with the pipeline's error message; the rest of its batch is unaffected.
 
 Bad requests get OpenAI's error shape, `{"error": {"message", "type", "param", "code"}}`, and a
-4xx status, and the server keeps serving: 400 for a body that is not a JSON object or a field of
-the wrong type (the message names the field; fields the server does not read, such as `user` or
-`frequency_penalty`, are accepted and ignored, as OpenAI does, but `stream` and `logprobs` are
-refused since they are not implemented), 404 for an unknown model or route, 405 for a wrong
-method, 413 for a body over `max_body_bytes` (1 MB by default, whether or not the client sends a
-Content-Length). With `api_key` set, every /v1 route requires `Authorization: Bearer <key>`
-(401 otherwise); `tandem serve --api-key-env VAR` reads the key from an environment variable.
+4xx status, and the server keeps serving: 400 for a body that is not UTF-8-encoded JSON, not a
+JSON object, or holds text that is not valid Unicode (a lone surrogate escape such as "\\ud800",
+in any field), or a field of the wrong type (the message names the field; fields the server does
+not read, such as `user` or `frequency_penalty`, are accepted and ignored, as OpenAI does, but
+`stream` and `logprobs` are refused since they are not implemented), 400 too for a request's `n`
+or `max_tokens` over the server's `max_n` (16) or `max_tokens` (16384), 404 for an unknown model
+or route, 405 for a wrong method, 413 for a body over `max_body_bytes` (1 MB by default, whether
+or not the client sends a Content-Length). With `api_key` set, every /v1 route requires
+`Authorization: Bearer <key>` (401 otherwise) and the interactive docs (/docs, /redoc,
+/openapi.json) are off, so nothing answers without the key; `tandem serve --api-key-env VAR`
+reads the key from an environment variable.
 
     app = create_app(models={"tiny": Model("hf", "./tiny")}, programs={"cascade": pipeline})
     uvicorn.run(app, host="127.0.0.1", port=8000)
@@ -40,12 +44,14 @@ from dataclasses import dataclass, field
 from queue import Empty, Queue
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from tandemlm.compose import Pipeline
 from tandemlm.runtime import ConfigError, GenRequest, GenResult, Model
+from tandemlm.serve_requests import (DEFAULT_MAX_TOKENS, MAX_BODY_BYTES, MAX_N, MAX_TOKENS, ApiError,
+                                     ChatRequest, CompletionRequest, check_limits, invalid,
+                                     read_json, refuse_unsupported)
 
-MAX_BODY_BYTES = 1_000_000
 
 
 @dataclass
@@ -100,115 +106,6 @@ class _Batcher:
 # Unlike tandem's config models these allow extra fields: OpenAI clients send many (`user`,
 # `frequency_penalty`, ...) that OpenAI itself ignores. Strict, so "12" is not an integer.
 
-class ChatMessage(BaseModel):
-    """One chat message; only `role` and `content` are read."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-    role: str
-    content: str
-
-
-class _Sampling(BaseModel):
-    """The fields both endpoints read."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
-    model: str
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1)
-    seed: int | None = None
-    stop: list[str] | None = None
-    stream: bool | None = None
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _one_stop(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-
-class ChatRequest(_Sampling):
-    """The body of /v1/chat/completions."""
-
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)  # newer clients' name for max_tokens
-    logprobs: bool | None = None
-
-
-class CompletionRequest(_Sampling):
-    """The body of /v1/completions."""
-
-    prompt: str
-    logprobs: int | None = None  # any value, 0 included, asks for log-probabilities
-
-
-class ApiError(Exception):
-    """An error answered to the client in OpenAI's shape."""
-
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-        self.headers = headers
-
-    def response(self) -> Any:
-        from fastapi.responses import JSONResponse
-
-        kind = "server_error" if self.status >= 500 else "invalid_request_error"
-        return JSONResponse({"error": {"message": self.message, "type": kind, "param": self.param,
-                                       "code": self.code}}, status_code=self.status, headers=self.headers)
-
-
-_EXPECTED = {"missing": "is required", "model_type": "must be an object", "dict_type": "must be an object",
-             "too_short": "must be a non-empty list", "list_type": "must be a list",
-             "string_type": "must be a string", "int_type": "must be an integer",
-             "float_type": "must be a number", "bool_type": "must be true or false"}
-
-
-def _invalid(exc: ValidationError) -> ApiError:
-    """The first problem pydantic found, as a 400 naming the field and what it must be."""
-    error = exc.errors(include_url=False)[0]
-    param = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])[1:]
-    if error["type"] == "missing":
-        return ApiError(400, f"'{param}' is required", param)
-    bound = {"greater_than_equal": ">=", "less_than_equal": "<="}.get(error["type"])
-    expected = (f"must be {bound} {next(iter(error['ctx'].values()))}" if bound
-                else _EXPECTED.get(error["type"]) or f"is invalid: {error['msg']}")
-    got = json.dumps(error["input"], default=str)
-    return ApiError(400, f"'{param}' {expected}, got {got[:80]}{'...' if len(got) > 80 else ''}", param)
-
-
-def _refuse_unsupported(body: ChatRequest | CompletionRequest) -> None:
-    if body.stream:
-        raise ApiError(400, "streaming is not supported by tandem serve; omit 'stream' or set it "
-                            "to false", "stream")
-    if body.logprobs is not None and body.logprobs is not False:
-        raise ApiError(400, "tandem serve does not return log-probabilities; omit 'logprobs'", "logprobs")
-
-
-async def _read_json(request: Any, limit: int | None) -> dict[str, Any]:
-    """The request body as a JSON object; 413 as soon as it is known to pass `limit` bytes."""
-    too_large = ApiError(413, f"the request body is over the server's limit of {limit} bytes; send "
-                              f"less, or start the server with a larger --max-body-bytes")
-    declared = request.headers.get("content-length", "")
-    if limit is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():  # counted as it arrives: chunked bodies have no length
-        body += chunk
-        if limit is not None and len(body) > limit:
-            raise too_large
-    try:
-        value = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON ({exc}); send a JSON object") from None
-    if not isinstance(value, dict):
-        kind = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
-        raise ApiError(400, f"the request body must be a JSON object, got a JSON "
-                            f"{kind.get(type(value), 'null')}")
-    return value
-
-
 def _authorizer(api_key: str) -> Callable[[Any], None]:
     from fastapi import Request
 
@@ -250,10 +147,12 @@ def _pipeline_reply(pipeline: Pipeline, outputs: dict[str, Any]) -> str:
 
 def create_app(models: dict[str, Model] | None = None, programs: dict[str, Pipeline] | None = None, *,
                window_s: float = 0.01, max_batch: int = 64, api_key: str | None = None,
-               max_body_bytes: int | None = MAX_BODY_BYTES) -> Any:
+               max_body_bytes: int | None = MAX_BODY_BYTES, max_n: int | None = MAX_N,
+               max_tokens: int | None = MAX_TOKENS) -> Any:
     """A FastAPI app serving `models` and `programs` under their names; see the module docstring.
-    `api_key`, when given, is required as a bearer token on every /v1 route; `max_body_bytes`
-    caps a request body (None: no cap)."""
+    `api_key`, when given, is required as a bearer token on every /v1 route and turns the
+    interactive docs off; `max_body_bytes` caps a request body, `max_n` the choices a request
+    asks for, `max_tokens` its `max_tokens` (None: no cap)."""
     try:
         from fastapi import Depends, FastAPI, Request
         from starlette.exceptions import HTTPException
@@ -267,13 +166,17 @@ def create_app(models: dict[str, Model] | None = None, programs: dict[str, Pipel
         raise ConfigError(f"tandem serve: {', '.join(sorted(clash))} named both a model and a program")
     if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
         raise ConfigError("tandem serve: api_key must be a non-empty string, or None for no key")
-    if max_body_bytes is not None and (isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int)
-                                       or max_body_bytes < 1):
-        raise ConfigError(f"tandem serve: max_body_bytes must be a positive integer, got {max_body_bytes!r}")
+    for option, limit in (("max_body_bytes", max_body_bytes), ("max_n", max_n), ("max_tokens", max_tokens)):
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ConfigError(f"tandem serve: {option} must be a positive integer or None for no "
+                              f"limit, got {limit!r}")
     batchers = {name: _Batcher(model.generate, window_s, max_batch) for name, model in models.items()}
     batchers.update({name: _Batcher(lambda rows, p=pipe: p.batch(rows), window_s, max_batch)
                      for name, pipe in programs.items()})
-    app = FastAPI(title="tandemlm", description="OpenAI-compatible endpoints for tandem models")
+    # FastAPI's docs routes take no dependencies: with a key they would describe the server to
+    # anyone, so they are off (None turns each one off).
+    hidden = dict(docs_url=None, redoc_url=None, openapi_url=None) if api_key is not None else {}
+    app = FastAPI(title="tandemlm", description="OpenAI-compatible endpoints for tandem models", **hidden)
     app.state.batchers = batchers
     guard = [Depends(_authorizer(api_key.strip()))] if api_key is not None else []
 
@@ -283,12 +186,13 @@ def create_app(models: dict[str, Model] | None = None, programs: dict[str, Pipel
                                            for name in batchers]}
 
     async def complete(request: Request, chat: bool) -> dict[str, Any]:
-        raw = await _read_json(request, max_body_bytes)
+        raw = await read_json(request, max_body_bytes)
         try:
             body = (ChatRequest if chat else CompletionRequest).model_validate(raw)
         except ValidationError as exc:
-            raise _invalid(exc) from None
-        _refuse_unsupported(body)
+            raise invalid(exc) from None
+        refuse_unsupported(body)
+        check_limits(body, max_n, max_tokens)
         name = body.model
         if name not in batchers:
             raise ApiError(404, f"no model named {name!r}; served: {', '.join(batchers)}", "model",
@@ -300,7 +204,8 @@ def create_app(models: dict[str, Model] | None = None, programs: dict[str, Pipel
             if name in models:
                 item: Any = GenRequest(
                     messages=messages, prompt=None if chat else text,
-                    max_new_tokens=body.max_tokens or (body.max_completion_tokens if chat else None) or 256,
+                    max_new_tokens=(body.max_tokens or (body.max_completion_tokens if chat else None)
+                                    or min(DEFAULT_MAX_TOKENS, max_tokens or DEFAULT_MAX_TOKENS)),
                     temperature=body.temperature or 0.0, top_p=1.0 if body.top_p is None else body.top_p,
                     n=body.n or 1, seed=body.seed, stop=tuple(body.stop or ()))
             else:

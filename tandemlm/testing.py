@@ -15,6 +15,8 @@ fine-tuned one: the adapter's content is part of the `Model`'s fingerprint, as f
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import threading
 import time
@@ -139,3 +141,39 @@ class ScriptedBackend(Backend):
 def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     cuts = [text.index(s) for s in stop if s in text]
     return text[: min(cuts)] if cuts else text
+
+
+class FullDisk:
+    """TEST DOUBLE for a text file on a disk with room for `room` more writes (lines): the next
+    write puts half its text on disk, as write(2) does when the disk fills mid-line, then fails
+    with ENOSPC. Everything else goes to the real file `handle`."""
+
+    def __init__(self, handle: Any, room: int) -> None:
+        self.handle, self.room = handle, room
+
+    def write(self, text: str) -> int:
+        if self.room == 0:
+            self.handle.write(text[:len(text) // 2])
+            self.handle.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= 1
+        return self.handle.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+
+def fill_disk_after(monkeypatch: Any, room: int) -> None:
+    """Make the results file of the next `evaluate(..., out=DIR)` (or `tandem eval --out DIR`) a
+    `FullDisk` with room for `room` records; the run after it finds room again."""
+    from tandemlm.evaluate.results_dir import ResultsDir
+
+    start = ResultsDir.start
+
+    def filling(self: ResultsDir, *args: Any, **kwargs: Any) -> Any:
+        done = start(self, *args, **kwargs)
+        self._handle = FullDisk(self._handle, room)
+        monkeypatch.setattr(ResultsDir, "start", start)
+        return done
+
+    monkeypatch.setattr(ResultsDir, "start", filling)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -126,6 +127,21 @@ def test_compile_on_an_empty_trainset_fails_naming_the_file(project, tmp_path):
     assert f"training data file '{project['train']}' has no examples" in said(result)
 
 
+def test_data_files_in_latin1_fail_naming_the_line_and_compile_with_encoding(project, tmp_path):
+    for split, words in (("train", ["CAFÉ", "NAÏVE", "FIFA", "crème", "dog"]), ("val", ["thé"])):
+        project[split] = str(tmp_path / f"{split}-latin1.jsonl")
+        Path(project[split]).write_bytes("".join(
+            json.dumps({"question": w, "answer": w.upper()}, ensure_ascii=False) + "\n"
+            for w in words).encode("latin-1"))
+    result = invoke(*compile_args(project, "--val", project["val"]))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"data file '{project['train']}', line 1: byte 17 (0xc9) is not valid utf-8" in said(result)
+    result = invoke(*compile_args(project, "--val", project["val"], "--encoding", "latin-1"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["split"] == "val" and report["metric_after"] == 1.0  # "thé" -> "THÉ", learned
+
+
 def test_an_empty_valset_given_on_purpose_is_an_error(project, tmp_path):
     empty = write_rows(tmp_path / "empty_val.jsonl", [])
     result = invoke(*compile_args(project, "--val", empty))
@@ -235,4 +251,5 @@ def test_compile_certifies_on_unlabeled_inputs_and_states_the_promise(project, t
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     refused = invoke(*compile_args(project, "--passes", "Calibrate", "--unlabeled", str(empty)))
-    assert refused.exit_code == 2 and "unlabeled inputs" in said(refused) and "has no examples" in said(refused)
+    assert refused.exit_code == 2
+    assert "unlabeled inputs" in said(refused) and "has no examples" in said(refused)

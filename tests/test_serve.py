@@ -26,6 +26,7 @@ from tandemlm.cli import app as cli  # noqa: E402
 from tandemlm.modules import Solve  # noqa: E402
 from tandemlm.runtime import GenRequest  # noqa: E402
 from tandemlm.serve import create_app  # noqa: E402
+from tandemlm.testing import request_text  # noqa: E402
 from tandemlm.tiny import build_tiny_lm  # noqa: E402
 
 
@@ -124,6 +125,15 @@ def test_bad_requests_get_openai_errors(served):
                                           messages=[{"role": "user", "content": "x"}]).choices
 
 
+def test_a_lone_surrogate_never_reaches_the_real_tokenizer(served):
+    # JSON allows the escape; the hf tokenizer cannot encode the text it decodes to (it was a 500)
+    body = b'{"model": "tiny", "max_tokens": 2, "messages": [{"role": "user", "content": "a\\ud800"}]}'
+    response = httpx.post(f"{served['url']}/chat/completions", content=body)
+    assert "not valid Unicode" in _error(response, 400, "messages[0].content")
+    good = {"model": "tiny", "max_tokens": 2, "messages": HI}
+    assert httpx.post(f"{served['url']}/chat/completions", json=good).status_code == 200
+
+
 # ---- bad requests, against a scripted model ------------------------------------------------------
 
 KEY = "s3cret-key"
@@ -136,9 +146,16 @@ def _scripted() -> Model:
     return Model("scripted", "echo", name="echo", reply="ok", fail="explode")
 
 
+def _encoding() -> Model:
+    """TEST DOUBLE: encodes the request's text and stop strings as UTF-8, as a tokenizer or an
+    HTTP client does, then answers "ok"."""
+    return Model("scripted", "utf8", name="utf8",
+                 reply=lambda request: "".join([request_text(request), *request.stop]).encode() and "ok")
+
+
 @pytest.fixture(scope="module")
 def scripted():
-    app = create_app({"echo": _scripted()})
+    app = create_app({"echo": _scripted(), "utf8": _encoding()})
     with _serving(app) as url:
         yield {"url": url, "app": app}
 
@@ -210,6 +227,77 @@ def test_a_body_that_is_not_a_json_object_is_a_400(scripted, body, phrase):
 def test_a_field_of_the_wrong_type_is_a_400_naming_it(scripted, route, body, param, phrase):
     message = _error(httpx.post(f"{scripted['url']}/{route}", json=body), 400, param)
     assert message.startswith(f"'{param}' {phrase}"), message
+
+
+@pytest.mark.parametrize("route, body, param, phrase", [
+    ("chat/completions", b'{"model": "utf8", "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+     "messages[0].content", "'messages[0].content' is not valid Unicode text"),
+    ("chat/completions", b'{"model": "utf8", "messages": [{"role": "system", "content": "hi"}, '
+                         b'{"role": "user", "content": "\\udfff"}]}', "messages[1].content",
+     "\\udfff at character 0"),
+    ("chat/completions", b'{"model": "utf8", "messages": [{"role": "us\\udc00er", "content": "x"}]}',
+     "messages[0].role", "\\udc00 at character 2"),
+    ("completions", b'{"model": "utf8", "prompt": "x\\ud800"}', "prompt", "'prompt' is not valid Unicode"),
+    ("completions", b'{"model": "utf8", "prompt": "x", "stop": "\\ud800"}', "stop", "'stop' is not valid"),
+    ("completions", b'{"model": "utf8", "prompt": "x", "stop": ["a", "\\ud800"]}', "stop[1]", "'stop[1]'"),
+    ("completions", b'{"model": "utf8\\ud800", "prompt": "x"}', "model", "'model' is not valid Unicode"),
+    ("completions", b'{"model": "utf8", "prompt": "x", "user": "\\ud800"}', "user", "'user' is not valid"),
+    ("completions", b'{"model": "utf8", "prompt": "x", "metadata": {"\\ud800": "v"}}', "metadata",
+     "a key of 'metadata' is not valid Unicode"),
+    # a surrogate encoded in the bytes themselves, and a byte that is no UTF-8 at all
+    ("completions", b'{"model": "utf8", "prompt": "a\xed\xa0\x80"}', None, "not valid UTF-8 (byte 0xed"),
+    ("chat/completions", b'{"model": "utf8", "messages": [{"role": "user", "content": "\xff"}]}', None,
+     "not valid UTF-8 (byte 0xff"),
+])
+def test_text_that_is_not_valid_unicode_is_a_400_naming_the_field(scripted, route, body, param, phrase):
+    response = httpx.post(f"{scripted['url']}/{route}", content=body,
+                          headers={"Content-Type": "application/json"})
+    assert phrase in _error(response, 400, param)
+
+
+def test_valid_unicode_escapes_still_reach_the_model(scripted):
+    url = f"{scripted['url']}/chat/completions"
+    pair = b'{"model": "utf8", "messages": [{"role": "user", "content": "\\ud83d\\ude00 \\u00e9"}]}'
+    assert _ok(httpx.post(url, content=pair)) == "ok"
+    text = [{"role": "user", "content": "é😀"}]
+    assert _ok(httpx.post(url, json={"model": "utf8", "messages": text})) == "ok"
+    assert _ok(httpx.post(url, content=b'\xef\xbb\xbf{"model": "utf8", "messages": [{"role": "user", '
+                                       b'"content": "x"}]}')) == "ok"  # a UTF-8 byte order mark is ignored
+
+
+@pytest.mark.parametrize("route, extra, param, limit", [
+    ("chat/completions", {"n": 17}, "n", 16),
+    ("completions", {"n": 1_000_000}, "n", 16),
+    ("chat/completions", {"max_tokens": 16_385}, "max_tokens", 16_384),
+    ("chat/completions", {"max_completion_tokens": 10**12}, "max_completion_tokens", 16_384),
+    ("completions", {"max_tokens": 16_385}, "max_tokens", 16_384),
+])
+def test_n_and_max_tokens_over_the_servers_limits_are_a_400(scripted, route, extra, param, limit):
+    body = {"model": "echo", **({"messages": HI} if route.startswith("chat") else {"prompt": "x"}), **extra}
+    message = _error(httpx.post(f"{scripted['url']}/{route}", json=body), 400, param)
+    assert message.startswith(f"'{param}' must be <= {limit}, got {extra[param]}"), message
+
+
+def test_n_and_max_tokens_at_the_limits_are_served(scripted):
+    url = f"{scripted['url']}/chat/completions"
+    most = httpx.post(url, json={"model": "echo", "messages": HI, "n": 16, "max_tokens": 16_384})
+    assert [c["message"]["content"] for c in most.json()["choices"]] == ["ok"] * 16
+
+
+def test_a_server_started_with_other_limits_applies_those():
+    model = _scripted()
+    before = len(model.backend.history)  # scripted backends are shared by equal models
+    with _serving(create_app({"echo": model}, max_n=2, max_tokens=50)) as url:
+        many = httpx.post(f"{url}/completions", json={"model": "echo", "prompt": "x", "n": 3})
+        assert "'n' must be <= 2, got 3" in _error(many, 400, "n")
+        long = httpx.post(f"{url}/chat/completions", json={"model": "echo", "messages": HI, "max_tokens": 51})
+        assert "'max_tokens' must be <= 50, got 51" in _error(long, 400, "max_tokens")
+        most = httpx.post(f"{url}/completions",
+                          json={"model": "echo", "prompt": "x", "n": 2, "max_tokens": 50})
+        assert [c["text"] for c in most.json()["choices"]] == ["ok", "ok"]
+        assert _ok(httpx.post(f"{url}/completions", json={"model": "echo", "prompt": "x"})) == "ok"
+    # what the model was asked: the limits themselves, and a default budget (256) cut to the limit
+    assert [(r.n, r.max_new_tokens) for r in model.backend.history[before:]] == [(2, 50), (1, 50)]
 
 
 def test_an_unknown_model_is_a_404_in_openai_shape(scripted):
@@ -306,6 +394,16 @@ def test_an_api_key_is_required_on_every_v1_route_when_set(keyed):
         openai.OpenAI(base_url=keyed, api_key="wrong", max_retries=0).models.list()
 
 
+def test_with_an_api_key_the_interactive_docs_are_off(keyed, scripted):
+    root = keyed.removesuffix("/v1")
+    for path in ["/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"]:
+        for headers in [{}, {"Authorization": f"Bearer {KEY}"}]:
+            response = httpx.get(f"{root}{path}", headers=headers)
+            assert f"no route GET {path}" in _error(response, 404), path  # the error, not the page
+    # without a key nothing is private, and the docs stay
+    assert httpx.get(f"{scripted['url'].removesuffix('/v1')}/openapi.json").status_code == 200
+
+
 # ---- the command line ------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -319,7 +417,8 @@ def started(monkeypatch):
 def test_serve_command_requires_the_key_from_the_named_variable(started, monkeypatch):
     monkeypatch.setenv("TANDEM_TEST_KEY", f" {KEY}\n")
     result = CliRunner().invoke(cli, ["serve", "--model", "echo=scripted:echo", "--api-key-env",
-                                      "TANDEM_TEST_KEY", "--max-body-bytes", "500"])
+                                      "TANDEM_TEST_KEY", "--max-body-bytes", "500", "--max-n", "3",
+                                      "--max-tokens", "40"])
     assert result.exit_code == 0, result.output
     assert KEY not in result.output and "warning" not in result.output
     (run,) = started
@@ -330,6 +429,11 @@ def test_serve_command_requires_the_key_from_the_named_variable(started, monkeyp
         assert httpx.get(f"{url}/models", headers=right).status_code == 200
         big = {"model": "echo", "prompt": "x" * 600}
         _error(httpx.post(f"{url}/completions", json=big, headers=right), 413)
+        many = {"model": "echo", "prompt": "x", "n": 4}
+        _error(httpx.post(f"{url}/completions", json=many, headers=right), 400, "n")
+        long = {"model": "echo", "prompt": "x", "max_tokens": 41}
+        _error(httpx.post(f"{url}/completions", json=long, headers=right), 400, "max_tokens")
+        _error(httpx.get(f"{url.removesuffix('/v1')}/docs"), 404)
 
 
 @pytest.mark.parametrize("value", [None, "", "  "])

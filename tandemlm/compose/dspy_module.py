@@ -33,7 +33,7 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError
 
 from tandemlm.compose.context import RunContext
-from tandemlm.compose.node import Fields, Node, as_fields
+from tandemlm.compose.node import Fields, Node, as_fields, bad_state
 from tandemlm.compose.trace import NodeTrace, account
 from tandemlm.runtime import ConfigError, GenResult, Model, progress
 from tandemlm.runtime.backends.dspy_bridge import as_model, gen_request, lm_response
@@ -132,6 +132,9 @@ class DSPyModule(dspy.Module, Node):
         return {**super().state(), "dspy": _dump_without_lms(self.module)}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        if "dspy" in state and not isinstance(state["dspy"], dict):
+            raise bad_state(f"node '{self.name}'", "dspy", "an object (the DSPy module's state)",
+                            state["dspy"])
         super().set_state(state)
         if "dspy" in state:
             if _names_an_lm(state["dspy"]):
@@ -140,7 +143,12 @@ class DSPyModule(dspy.Module, Node):
                 raise ConfigError(f"node '{self.name}': its saved DSPy state names an LM; a "
                                   f"saved state holds demos and instructions only (compile again, "
                                   f"or set the LM in code)")
-            self.module.load_state(state["dspy"])
+            try:
+                self.module.load_state(state["dspy"])
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise bad_state(f"node '{self.name}'", "dspy", "the state DSPy's dump_state "
+                                f"writes for this module ({type(exc).__name__}: {exc})",
+                                state["dspy"]) from None
 
     # -- execution -------------------------------------------------------------------------
     def _model(self, ctx: RunContext) -> Model:

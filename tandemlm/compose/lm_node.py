@@ -21,7 +21,7 @@ from dspy.adapters.types.base_type import CUSTOM_TYPE_START_IDENTIFIER
 
 from tandemlm.compose.context import RunContext
 from tandemlm.compose.grammar import output_constraint
-from tandemlm.compose.node import Fields, Node
+from tandemlm.compose.node import Fields, Node, bad_state
 from tandemlm.compose.trace import NodeTrace, account
 from tandemlm.runtime import ConfigError, Constraint, GenRequest, GenResult, Model, ParseError, TandemError
 from tandemlm.runtime.backends.dspy_bridge import as_model
@@ -210,11 +210,18 @@ class LMNode(dspy.Predict, Node):
                 "demos": [_demo_dict(d) for d in self.demos]}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        where = f"node '{self.name}'"
+        instructions, demos = state.get("instructions"), state.get("demos", [])
+        if "instructions" in state and not isinstance(instructions, str):
+            raise bad_state(where, "instructions", "a string", instructions)
+        if not isinstance(demos, list) or not all(
+                isinstance(d, dict) and all(isinstance(k, str) for k in d) for d in demos):
+            raise bad_state(where, "demos", "a list of objects (field -> value)", demos)
         super().set_state(state)
         if "instructions" in state:
-            self.signature = self.signature.with_instructions(state["instructions"])
+            self.signature = self.signature.with_instructions(instructions)
         if "demos" in state:
-            self.demos = [dict(d) for d in state["demos"]]
+            self.demos = [dict(d) for d in demos]
 
     # -- execution -------------------------------------------------------------------------
     def run_batch(self, inputs: list[dict[str, Any]], ctx: RunContext) -> list[NodeTrace]:

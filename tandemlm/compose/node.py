@@ -3,6 +3,8 @@ batch of examples at once; `Step` wraps a plain Python function."""
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,20 @@ def as_fields(spec: Mapping[str, Any] | Iterable[str] | str) -> Fields:
     if isinstance(spec, Mapping):
         return dict(spec)
     return {name: Any for name in spec}
+
+
+def bad_state(where: str, field: str, expected: str, value: Any) -> ConfigError:
+    """The error for a saved state field of the wrong type, naming where it is and the field
+    (`set_state` methods raise it: a state may come from a file someone else wrote)."""
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return ConfigError(f"{where}: saved state field '{field}' must be {expected}, got {shown}; "
+                       f"load a state compiled for this program, or compile again")
+
+
+def is_number(value: Any) -> bool:
+    """A finite real number (not a bool; numpy's count): what a saved weight or bias must be."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class Node:
@@ -61,9 +77,13 @@ class Node:
         return {"model": self.model} if isinstance(self.model, Model) else {}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Restore what `state()` returned (a model of None keeps the current one)."""
-        if state.get("model") is not None:
-            self.model = state["model"]
+        """Restore what `state()` returned (a model of None keeps the current one); a field of
+        the wrong type is a `ConfigError` naming it (see `bad_state`)."""
+        model = state.get("model")
+        if model is not None and not isinstance(model, Model):
+            raise bad_state(f"node '{self.name}'", "model", "a model", model)
+        if model is not None:
+            self.model = model
 
 
 class Step(Node):

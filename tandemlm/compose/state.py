@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from tandemlm.compose.node import Node
+from tandemlm.compose.node import Node, bad_state
 from tandemlm.runtime import ConfigError, Model
 
 if TYPE_CHECKING:
@@ -49,7 +49,17 @@ def pipeline_state(pipeline: Pipeline) -> dict[str, Any]:
 
 
 def set_pipeline_state(pipeline: Pipeline, state: dict[str, Any]) -> None:
-    """Write `state` (from `pipeline_state` of a pipeline built by the same code) back."""
+    """Write `state` (from `pipeline_state` of a pipeline built by the same code) back; a state
+    of the wrong shape is a `ConfigError` naming the field, and each node checks its own."""
+    if not isinstance(state, dict) or set(state) - {"models", "nodes"}:
+        raise ConfigError(f"a saved program state is an object with 'models' and 'nodes', got "
+                          f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
+    for field in ("models", "nodes"):
+        if not isinstance(state.get(field, {}), dict):
+            raise bad_state("the program", field, "an object keyed by name", state[field])
+    for path, node_state in state.get("nodes", {}).items():
+        if not isinstance(node_state, dict):
+            raise bad_state(f"node '{path}'", path, "an object (the node's state)", node_state)
     paths = node_paths(pipeline)
     unknown = sorted(set(state.get("nodes", {})) - set(paths))
     if unknown:

@@ -3,54 +3,77 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from tandemlm.runtime import ConfigError
+from tandemlm.runtime.text_files import read_text
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+#: what a data file that does not decode should become
+_FIX = ("re-encode the file as UTF-8, or give its encoding (e.g. --encoding latin-1 on tandem "
+        "eval/compile, encoding='latin-1' in Python)")
+
+
+def _parse_jsonl(path: Path, text: str) -> list[dict[str, Any]]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{path}:{number}: each line must be a JSON object")
-            rows.append(row)
+    # newline=None splits lines as open() would (at \n, \r\n or \r), and not at the U+2028 a JSON
+    # string may hold, as str.splitlines() would
+    for number, line in enumerate(io.StringIO(text, newline=None), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}:{number}: each line must be a JSON object")
+        rows.append(row)
     return rows
 
 
-def _read_file(path: Path) -> list[dict[str, Any]]:
+def _parse_json(path: Path, text: str) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise ConfigError(f"{path}: a .json data file must hold a list of objects")
+    return data
+
+
+def _parse_csv(path: Path, text: str) -> list[dict[str, Any]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        return [dict(row) for row in reader]
+    except csv.Error as exc:  # a NUL byte, a field over csv's size limit, a quote left open
+        raise ConfigError(f"{path}:{reader.reader.line_num}: not valid CSV ({exc})") from None
+
+
+_PARSERS = {".jsonl": _parse_jsonl, ".json": _parse_json, ".csv": _parse_csv}
+
+
+def _read_file(path: Path, encoding: str) -> list[dict[str, Any]]:
     if not path.is_file():
         raise ConfigError(f"data file '{path}' does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return _read_jsonl(path)
-    if suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise ConfigError(f"{path}: a .json data file must hold a list of objects")
-        return data
-    if suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
-            return [dict(row) for row in csv.DictReader(handle)]
-    raise ConfigError(f"data file '{path}': unknown format '{suffix}'; use .jsonl, .json or .csv")
+    parse = _PARSERS.get(path.suffix.lower())
+    if parse is None:
+        raise ConfigError(f"data file '{path}': unknown format '{path.suffix.lower()}'; use "
+                          f".jsonl, .json or .csv")
+    return parse(path, read_text(path, encoding=encoding, what="data file", fix=_FIX))
 
 
-def load_data(source: str | Path | Iterable[Any], limit: int | None = None) -> list[dict[str, Any]]:
-    """Load examples as dicts from a file path or an iterable of dicts / dspy Examples."""
+def load_data(source: str | Path | Iterable[Any], limit: int | None = None, *,
+              encoding: str = "utf-8") -> list[dict[str, Any]]:
+    """Load examples as dicts from a file path or an iterable of dicts / dspy Examples.
+
+    A file is read in `encoding` (UTF-8 by default); a byte it cannot decode, a line that is not
+    JSON, or a row CSV cannot parse is a `ConfigError` naming the file and the line."""
     if isinstance(source, str | Path):
-        rows = _read_file(Path(source))
+        rows = _read_file(Path(source), encoding)
     else:
         rows = []
         for item in source:

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tandemlm.compose import ExampleResult, Pipeline
 from tandemlm.evaluate.data import check_input_fields, load_data, require_examples
-from tandemlm.evaluate.metrics import Metric, check_metric
+from tandemlm.evaluate.metrics import Metric, check_metric, metric_value
 from tandemlm.evaluate.results import EvalResult, Record
 from tandemlm.evaluate.results_dir import ResultsDir, run_info
 from tandemlm.evaluate.stats import bootstrap_stderr
@@ -46,17 +45,18 @@ class EvaluationInterrupted(KeyboardInterrupt):
         super().__init__(f"interrupted after {done} of {total} examples; {where}")
 
 
-def _score(metric: Metric, example: dict[str, Any], result: ExampleResult) -> tuple[float, str | None]:
+def _score(metric: Metric, index: int, example: dict[str, Any],
+           result: ExampleResult) -> tuple[float, str | None]:
+    """The example's score and error. A metric raising fails only that example; a metric value
+    that is no finite number (`metric_value`) stops the evaluation there, before it reaches the
+    records and the mean (the records written so far stay)."""
     if result.error is not None:
         return 0.0, result.error
     try:
         value = metric(dspy.Example(**example), dspy.Prediction(**result.outputs))
-    except Exception as exc:  # a metric crashing on one example fails only that example
+    except Exception as exc:
         return 0.0, f"metric raised {type(exc).__name__}: {exc}"
-    try:
-        return float(value), None
-    except (TypeError, ValueError):
-        return 0.0, f"metric returned {value!r}, expected a number or bool"
+    return metric_value(metric, value, example, index), None
 
 
 def _summary(pipeline: Pipeline, metric: Metric, result: EvalResult, wall_s: float,
@@ -81,10 +81,11 @@ def _summary(pipeline: Pipeline, metric: Metric, result: EvalResult, wall_s: flo
     }
 
 
-def _examples(pipeline: Pipeline, data: Any, limit: int | None) -> list[dict[str, Any]]:
+def _examples(pipeline: Pipeline, data: Any, limit: int | None,
+              encoding: str) -> list[dict[str, Any]]:
     """The examples, refused up front when there are none or they lack a field the pipeline
     reads: either way every example would score 0 and the run would measure nothing."""
-    examples = require_examples(load_data(data, limit=limit), data, limit=limit)
+    examples = require_examples(load_data(data, limit=limit, encoding=encoding), data, limit=limit)
     check_input_fields(examples, getattr(pipeline, "input_fields", []), data,
                        f"pipeline '{getattr(pipeline, 'name', 'pipeline')}'")
     return examples
@@ -98,12 +99,13 @@ def _bar(name: str, total: int, done: int, show: bool) -> Iterator[Callable[[int
                TextColumn("score {task.fields[score]:.3f}"), TimeElapsedColumn(),
                TextColumn("{task.fields[now]}", markup=False))
     with Progress(*columns, disable=not show, console=terminal.console()) as bar:
-        task = bar.add_task(f"evaluating {name}", total=total, completed=done, score=0.0, now="")
+        task = bar.add_task(f"evaluating {terminal.safe(name, markup=True)}", total=total,
+                            completed=done, score=0.0, now="")
         advance = lambda n, score: bar.update(task, advance=n, score=score, now="")
         if not show:  # a caller's own listener, if any, keeps hearing the batch
             yield advance
             return
-        with listening(lambda text: bar.update(task, now=text[:_NOW_WIDTH])):
+        with listening(lambda text: bar.update(task, now=terminal.safe(text)[:_NOW_WIDTH])):
             yield advance
 
 
@@ -126,7 +128,7 @@ def _check_errors(records: dict[int, Record], max_errors: int | None, partial: C
 
 def evaluate(pipeline: Pipeline, data: str | Path | Iterable[Any], metric: Metric, *,
              batch_size: int = 64, max_errors: int | None = None, limit: int | None = None,
-             out: str | Path | None = None, fresh: bool = False,
+             out: str | Path | None = None, fresh: bool = False, encoding: str = "utf-8",
              progress: bool = True, warn: bool = True) -> EvalResult:
     """Run `pipeline` over `data`, score each example with `metric`, report quality and cost.
 
@@ -134,9 +136,12 @@ def evaluate(pipeline: Pipeline, data: str | Path | Iterable[Any], metric: Metri
     0 and records its error; once more than `max_errors` examples failed, the records so far
     are written to `out` and `EvaluationAborted` is raised. With `out`, each record is appended
     to `out/results.jsonl` as its example finishes, and a later call with the same `out`
-    runs only the examples not recorded there (`fresh=True` runs all again). Ctrl-C raises
-    `EvaluationInterrupted`. No examples, a field the pipeline reads missing from the data, or
-    a metric that is not a function (example, prediction[, trace]) are a `ConfigError`. When
+    runs only the examples not recorded there (`fresh=True` runs all again); when writing there
+    fails (a full disk), `OutputError` says how many records were kept for the re-run. Ctrl-C
+    raises `EvaluationInterrupted`. A data file is read in `encoding` (UTF-8 by default). No
+    examples, a field the pipeline reads missing from the data, a data file that does not decode
+    or parse, a metric that is not a function (example, prediction[, trace]), or a metric value
+    that is not a finite number or bool (raised when seen) are a `ConfigError`. When
     most examples failed (`EvalResult.failure`), an `EvaluationWarning` says so (`warn=False`:
     not, for callers that report the failures themselves).
 
@@ -145,18 +150,19 @@ def evaluate(pipeline: Pipeline, data: str | Path | Iterable[Any], metric: Metri
     `print(result)` gives a one-line summary, `result.print()` the table per model.
     """
     metric = check_metric(metric)
-    examples = _examples(pipeline, data, limit)
+    examples = _examples(pipeline, data, limit, encoding)
     start = time.perf_counter()
     store = ResultsDir(out, run_info(pipeline, metric)) if out is not None else None
-    note = (lambda m: Console().print(m, markup=False, soft_wrap=True)) if progress else (lambda _: None)
+    note = ((lambda m: terminal.console().print(m, markup=False, soft_wrap=True)) if progress
+            else (lambda _: None))
     records = store.start(examples, fresh=fresh, note=note) if store is not None else {}
     resumed = len(records)
 
     def result() -> EvalResult:
         done = EvalResult([records[i] for i in sorted(records)])
         done.summary = _summary(pipeline, metric, done, time.perf_counter() - start, resumed)
-        if out is not None:
-            done.write(out)
+        if store is not None:
+            store.finish(done)
         return done
 
     todo = [i for i in range(len(examples)) if i not in records]
@@ -166,7 +172,7 @@ def evaluate(pipeline: Pipeline, data: str | Path | Iterable[Any], metric: Metri
             for begin in range(0, len(todo), batch_size):
                 chunk = todo[begin:begin + batch_size]
                 for index, ran in zip(chunk, pipeline.batch([examples[i] for i in chunk]), strict=True):
-                    score, error = _score(metric, examples[index], ran)
+                    score, error = _score(metric, index, examples[index], ran)
                     records[index] = Record(index, examples[index], ran, score, error)
                     if store is not None:
                         store.append(records[index])

@@ -4,6 +4,7 @@ returning a float or bool, as in DSPy; `example` and `prediction` allow attribut
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import string
 from collections.abc import Callable
@@ -38,6 +39,36 @@ def check_metric(metric: Any, name: str | None = None) -> Metric:
         raise ConfigError(f"{label} has the signature {signature}, which cannot be called as "
                           f"metric(example, prediction) ({exc}); {_SHAPE}") from None
     return metric
+
+
+def metric_name(metric: Metric) -> str:
+    """How messages name a metric: its qualified name ("Grader.score", "exact_match")."""
+    return (getattr(metric, "__qualname__", None) or getattr(metric, "__name__", None)
+            or type(metric).__name__)
+
+
+def metric_value(metric: Metric, value: Any, example: dict[str, Any],
+                 index: int | None = None) -> float:
+    """What `metric` returned for `example` (the `index`-th), as a float; a `ConfigError` naming
+    the metric, the example and the value when it is not a finite number or bool. A NaN would
+    make every mean and standard error it enters NaN (or crash them), and a string or None
+    stands for a score only by accident: the metric needs fixing, not the example."""
+    number = None
+    if not isinstance(value, str | bytes):  # float("0.5") would pass a string for a number
+        try:
+            number = float(value)  # bool, int, numpy scalars, a dspy.Prediction with a score
+        except (TypeError, ValueError, OverflowError):
+            pass
+    if number is not None and math.isfinite(number):
+        return number
+    which = f"example {index}" if index is not None else "an example"
+    if isinstance(example, dict) and "id" in example:
+        which += f" (id {example['id']!r})"
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    raise ConfigError(f"metric '{metric_name(metric)}' returned {shown} for {which}; a metric must "
+                      f"return a finite number or bool. Fix the metric (e.g. return 0.0 where it "
+                      f"cannot score an example)")
 
 
 def normalize(text: Any) -> str:

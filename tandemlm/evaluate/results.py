@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from tandemlm.compose import ExampleResult, NodeTrace
@@ -47,11 +47,15 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
-        """The record `to_dict` wrote (values as JSON kept them), e.g. to resume an evaluation."""
+        """The record `to_dict` wrote (values as JSON kept them), e.g. to resume an evaluation.
+        A score that is no finite number (JSON keeps NaN) is a `ValueError`: no mean survives it."""
+        score = float(data["score"])
+        if not math.isfinite(score):
+            raise ValueError(f"record {data.get('index')} has the score {score}")
         result = ExampleResult(inputs=data.get("inputs") or {}, outputs=data.get("outputs") or {},
                                trace=[_trace(t) for t in data.get("trace") or []],
                                error=data.get("error"))
-        return cls(data["index"], data["example"], result, float(data["score"]), data.get("error"))
+        return cls(data["index"], data["example"], result, score, data.get("error"))
 
 
 def example_key(example: dict[str, Any]) -> str:
@@ -145,14 +149,15 @@ class EvalResult:
     def table(self) -> Table:
         metric = self.summary["metric"]
         stderr = f" ± {metric['stderr']:.3f}" if metric.get("stderr") is not None else ""
-        table = Table(title=f"{escape(self.summary['program'])}: {metric['name']} = "
+        table = Table(title=f"{terminal.safe(self.summary['program'], markup=True)}: "
+                            f"{terminal.safe(metric['name'], markup=True)} = "
                             f"{metric['mean']:.3f}{stderr} on {self.summary['n']} examples "
                             f"({self.summary['errors']} errors)")
         for column in ("model", "calls", "tokens in", "tokens out", "cost"):
             table.add_column(column, justify="left" if column == "model" else "right")
         for name, usage in self.summary["usage"].items():
-            table.add_row(escape(name), str(usage["calls"]), _count(usage["tokens_in"]),
-                          _count(usage["tokens_out"]), format_cost(usage))
+            table.add_row(terminal.safe(name, markup=True), str(usage["calls"]),
+                          _count(usage["tokens_in"]), _count(usage["tokens_out"]), format_cost(usage))
         return table
 
     def print(self, console: Console | None = None) -> None:
@@ -161,7 +166,7 @@ class EvalResult:
         console.print(self.table())
         lines = error_digest(self.error_counts(), len(self.records))
         for line in lines + node_digest(self.summary.get("node_errors") or self.node_errors()):
-            console.print(line, markup=False, highlight=False, soft_wrap=True)
+            console.print(terminal.safe(line), markup=False, highlight=False, soft_wrap=True)
 
 
 def node_digest(counts: dict[str, dict[str, int]]) -> list[str]:

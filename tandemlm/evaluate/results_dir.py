@@ -7,6 +7,9 @@ and labels (`example_key`). Examples that changed in the data are run again; whe
 (its structure, state or models) or the metric changed, every record is stale and the run starts
 over. Either way a note says so. `fresh=True` (`tandem eval --fresh`) ignores the records.
 
+When a write fails (a full disk, the directory taken away), `OutputError` says where, why, and
+how many records were kept for the re-run to resume from, instead of an `OSError` traceback.
+
     store = ResultsDir("runs/dev", run_info(pipe, metric))
     done = store.start(examples, fresh=False, note=print)   # index -> Record already computed
     store.append(record)                                       # one line, flushed
@@ -15,17 +18,19 @@ over. Either way a note says so. `fresh=True` (`tandem eval --fresh`) ignores th
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
 from tandemlm.compose import Pipeline
 from tandemlm.compose.state import node_paths, pipeline_state
-from tandemlm.evaluate.results import Record, example_key
-from tandemlm.runtime import Model
+from tandemlm.evaluate.results import EvalResult, Record, example_key
+from tandemlm.runtime import Model, OutputError
 from tandemlm.runtime.files import atomic_write
 
 SCHEMA = "tandemlm.eval/1"
@@ -67,37 +72,78 @@ class ResultsDir:
         self.out, self.run = Path(out), run
         self.results = self.out / "results.jsonl"
         self._handle: IO[str] | None = None
+        self.kept, self.total = 0, 0  # records on disk whole; examples this run is about
+        self._failed = False
 
     def start(self, examples: list[dict[str, Any]], *, fresh: bool = False,
               note: Callable[[str], None] = lambda _: None) -> dict[int, Record]:
         """The records a previous run left for these examples (none when `fresh`), by index;
         `summary.json` is removed until this run finishes (it describes finished runs only)."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.kept, self.total = 0, len(examples)
+        with self._writing(self.out):
+            self.out.mkdir(parents=True, exist_ok=True)
         done = {} if fresh else self._recorded(examples, note)
-        (self.out / "summary.json").unlink(missing_ok=True)
+        self.kept = len(done)  # in the file now, and still there should rewriting it fail
         lines = "".join(json.dumps(r.to_dict(), default=str) + "\n" for _, r in sorted(done.items()))
-        atomic_write(self.results, lines)  # only what is kept: the rest runs again
-        atomic_write(self.out / "run.json", json.dumps(self.run, indent=1) + "\n")
-        self._handle = self.results.open("a", encoding="utf-8")
+        with self._writing(self.out):
+            (self.out / "summary.json").unlink(missing_ok=True)
+            atomic_write(self.results, lines)  # only what is kept: the rest runs again
+            atomic_write(self.out / "run.json", json.dumps(self.run, indent=1) + "\n")
+            self._handle = self.results.open("a", encoding="utf-8")
         return done
 
     def append(self, record: Record) -> None:
         """Write one record and flush it, so a Ctrl-C or a crash right after keeps it."""
         if self._handle is None:
             raise RuntimeError("ResultsDir.append before start()")
-        self._handle.write(json.dumps(record.to_dict(), default=str) + "\n")
-        self._handle.flush()
+        with self._writing(self.results):
+            self._handle.write(json.dumps(record.to_dict(), default=str) + "\n")
+            self._handle.flush()
+        self.kept += 1
 
     def sync(self) -> None:
         """Make the records written so far durable (once per batch: fsync is slow)."""
         if self._handle is not None:
-            os.fsync(self._handle.fileno())
+            with self._writing(self.results):
+                os.fsync(self._handle.fileno())
+
+    def finish(self, result: EvalResult) -> None:
+        """Replace the streamed records with the finished run's files (`EvalResult.write`)."""
+        with self._writing(self.out):
+            result.write(self.out)
 
     def close(self) -> None:
-        if self._handle is not None:
-            self.sync()
-            self._handle.close()
-            self._handle = None
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        try:
+            if not self._failed:  # after a failed write, its unwritten rest would only fail again
+                with self._writing(self.results):
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        finally:
+            with suppress(OSError):
+                handle.close()
+
+    @contextmanager
+    def _writing(self, path: Path) -> Iterator[None]:
+        """An `OSError` inside (ENOSPC, EACCES, ...) as an `OutputError` saying where, why, and
+        what was kept: the records appended whole before it, which a re-run resumes from."""
+        try:
+            yield
+        except OSError as exc:
+            self._failed = True
+            raise OutputError(self._lost(path, exc)) from exc
+
+    def _lost(self, path: Path, exc: OSError) -> str:
+        why = exc.strerror or str(exc)
+        if exc.errno in errno.errorcode:
+            why += f" ({errno.errorcode[exc.errno]})"
+        left = self.total - self.kept
+        return (f"could not write {path}: {why}; {self.kept} of {self.total} example records are "
+                f"kept in {self.results}. Free some space (or fix the directory) and run the same "
+                f"evaluation again with the same --out / out=: it resumes from them"
+                + (f" and runs the other {left}" if left else " and writes the summary"))
 
     def _recorded(self, examples: list[dict[str, Any]],
                   note: Callable[[str], None]) -> dict[int, Record]:

@@ -17,12 +17,14 @@ accepts every answer of that stage without calling the judge (with a router: pur
 
 from __future__ import annotations
 
+import itertools
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
 from tandemlm.compose import Composite, Node, NodeTrace, RunContext
-from tandemlm.compose.node import Fields
+from tandemlm.compose.node import Fields, bad_state, is_number
 from tandemlm.compose.trace import account, spent
 from tandemlm.modules.judges import Judge, as_judge
 from tandemlm.modules.router import TextRouter, entries
@@ -31,8 +33,19 @@ from tandemlm.runtime import ConfigError
 
 def json_threshold(value: float) -> float | str:
     """A threshold as JSON can hold it: +inf ("never stop at this stage") as the string "inf",
-    -inf ("always stop here, unjudged") as "-inf", which `float()` reads back."""
+    -inf ("always stop here, unjudged") as "-inf", which `_threshold` reads back."""
     return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+
+
+def _threshold(value: Any, where: str) -> float:
+    """A saved threshold: a number, ±inf (as JSON holds it: "inf"/"-inf"), never NaN, which
+    compares false with every score and so would make a stage answer unjudged."""
+    if isinstance(value, str) and value in ("inf", "-inf"):
+        return float(value)
+    if not (is_number(value) or (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                                 and math.isinf(value))):
+        raise bad_state(where, "thresholds", 'numbers, "inf" or "-inf" (never NaN)', value)
+    return float(value)
 
 
 @dataclass
@@ -82,9 +95,16 @@ class Cascade(Composite):
                 **({"judges": judges} if judges else {}), **routing}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        n = len(self.solvers)
-        order = [int(i) for i in state.get("order", self.order)]
-        thresholds = [float(t) for t in state.get("thresholds", self.thresholds)]
+        n, where = len(self.solvers), f"cascade '{self.name}'"
+        order = state.get("order", self.order)
+        if not isinstance(order, list) or not all(isinstance(i, numbers.Integral)
+                                                  and not isinstance(i, bool) for i in order):
+            raise bad_state(where, "order", "a list of stage indices", order)
+        order = [int(i) for i in order]
+        thresholds = [_threshold(t, where) for t in state.get("thresholds", self.thresholds)] \
+            if isinstance(state.get("thresholds", []), list) else None
+        if thresholds is None:
+            raise bad_state(where, "thresholds", "a list of numbers", state["thresholds"])
         if not order or len(set(order)) != len(order) or not all(0 <= i < n for i in order) \
                 or len(thresholds) != n:
             raise ConfigError(f"cascade '{self.name}': invalid state (order {order}, "
@@ -92,7 +112,12 @@ class Cascade(Composite):
         if any(self.judges[i] is None for i in order[:-1]):
             raise ConfigError(f"cascade '{self.name}': order {order} puts a stage without a judge "
                               f"before the last position")
-        for i, judge_state in state.get("judges", {}).items():
+        judges = state.get("judges", {})
+        if not isinstance(judges, dict) or not all(isinstance(i, str) and i.isdigit()
+                                                   and isinstance(s, dict)
+                                                   for i, s in judges.items()):
+            raise bad_state(where, "judges", "an object of judge states by stage index", judges)
+        for i, judge_state in judges.items():
             judge = self.judges[int(i)] if int(i) < n else None
             if not hasattr(judge, "set_state"):
                 raise ConfigError(f"cascade '{self.name}': state for judge {i}, which keeps none")
@@ -123,7 +148,7 @@ class Cascade(Composite):
     def diagram(self) -> list[tuple[Node, Node, str]]:
         """Each stage's solver to its judge, and on to the next stage below its threshold."""
         edges = []
-        for position, (i, j) in enumerate(zip(self.order, self.order[1:])):
+        for position, (i, j) in enumerate(itertools.pairwise(self.order)):
             judge = getattr(self.judges[i], "node", None)
             below = f"below {self.thresholds[i]:.3g}"
             if judge is not None:

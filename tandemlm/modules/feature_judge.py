@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tandemlm.compose import Node, NodeTrace, RunContext
+from tandemlm.compose.node import bad_state, is_number
 from tandemlm.modules.judges import Judge, NodeJudge, answer_key
 from tandemlm.runtime import ConfigError
 
@@ -83,14 +84,7 @@ class FeatureJudge(Judge):
         return out
 
     def set_state(self, state: dict[str, Any]) -> None:
-        features = list(state.get("features", self.features))
-        unknown = [f for f in features if f not in self.available]
-        if unknown or not features:
-            raise ConfigError(f"FeatureJudge: cannot use feature(s) {unknown or features}; this "
-                              f"judge has {', '.join(self.available)}")
-        self.features = features
-        self.weights = {k: float(v) for k, v in state.get("weights", {}).items()}
-        self.scale = {k: [float(x) for x in v] for k, v in state.get("scale", {}).items()}
+        features, weights, scale = self._checked(state)
         cross_fit = state.get("cross_fit")
         if cross_fit is not None and not (isinstance(cross_fit, dict)
                                           and isinstance(cross_fit.get("examples"), str)
@@ -98,9 +92,31 @@ class FeatureJudge(Judge):
                                           and all(isinstance(f, dict) for f in cross_fit["folds"])):
             raise ConfigError("FeatureJudge: cross_fit must be {'examples': DIGEST, 'folds': "
                               "[state, ...]}; compile again to rebuild it")
+        for fold in cross_fit["folds"] if cross_fit is not None else []:
+            self._checked({"features": features, **fold})  # each copy is restored on use
+        self.features, self.weights, self.scale = features, weights, scale
         self.cross_fit = cross_fit
 
-    def fold_judges(self, examples: str) -> list["FeatureJudge"] | None:
+    def _checked(self, state: dict[str, Any]) -> tuple[list[str], dict[str, float],
+                                                       dict[str, list[float]]]:
+        """(features, weights, scale) of a saved state, their types checked."""
+        features = state.get("features", self.features)
+        weights, scale = state.get("weights", {}), state.get("scale", {})
+        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+            raise bad_state("FeatureJudge", "features", "a list of feature names", features)
+        unknown = [f for f in features if f not in self.available]
+        if unknown or not features:
+            raise ConfigError(f"FeatureJudge: cannot use feature(s) {unknown or features}; this "
+                              f"judge has {', '.join(self.available)}")
+        if not isinstance(weights, dict) or not all(is_number(v) for v in weights.values()):
+            raise bad_state("FeatureJudge", "weights", "an object of finite numbers", weights)
+        if not isinstance(scale, dict) or not all(
+                isinstance(v, list) and all(is_number(x) for x in v) for v in scale.values()):
+            raise bad_state("FeatureJudge", "scale", "an object of lists of finite numbers", scale)
+        return (list(features), {k: float(v) for k, v in weights.items()},
+                {k: [float(x) for x in v] for k, v in scale.items()})
+
+    def fold_judges(self, examples: str) -> list[FeatureJudge] | None:
         """The out-of-fold copies of this judge (example i is scored by copy i mod k) for the
         examples with this digest (`examples_digest`), or None when it was fitted on others."""
         if not self.cross_fit or self.cross_fit["examples"] != examples:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tandemlm.compose import Node, NodeTrace, RunContext
-from tandemlm.compose.node import Fields
+from tandemlm.compose.node import Fields, bad_state, is_number
 from tandemlm.compose.trace import account
 from tandemlm.runtime import ConfigError, GenRequest, GenResult, Model
 
@@ -86,16 +86,21 @@ class LogitMix(Node):
         return {"weights": [t.weight for t in self.terms], "models": [t.model for t in self.terms]}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        for term, model in zip(self.terms, state.get("models") or [], strict=False):
+        where = f"LogitMix '{self.name}'"
+        models, weights = state.get("models") or [], state.get("weights")
+        if not isinstance(models, list) or not all(m is None or isinstance(m, Model) for m in models):
+            raise bad_state(where, "models", "a list of models (or null)", models)
+        if weights is not None and (not isinstance(weights, list)
+                                    or not all(is_number(w) for w in weights)):
+            raise bad_state(where, "weights", "a list of finite numbers", weights)
+        if weights is not None and len(weights) != len(self.terms):
+            raise ConfigError(f"LogitMix '{self.name}': {len(weights)} weights for "
+                              f"{len(self.terms)} terms")
+        for term, model in zip(self.terms, models, strict=False):
             if model is not None:  # a fine-tuned expert replaces its base
                 term.model = model
-        weights = state.get("weights")
-        if weights is not None:
-            if len(weights) != len(self.terms):
-                raise ConfigError(f"LogitMix '{self.name}': {len(weights)} weights for "
-                                  f"{len(self.terms)} terms")
-            for term, weight in zip(self.terms, weights, strict=True):
-                term.weight = float(weight)
+        for term, weight in zip(self.terms, weights or [], strict=False):
+            term.weight = float(weight)
 
     # -- decoding --------------------------------------------------------------------------------
     def _check_vocabulary(self) -> None:

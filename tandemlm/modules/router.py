@@ -23,6 +23,7 @@ predictions; `Calibrate` then searches cascades, routers and hybrids together.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import re
 import zlib
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from tandemlm.compose.node import bad_state, is_number
 from tandemlm.runtime import ClassifyResult, ConfigError
 
 _WORD = re.compile(r"\w+")
@@ -72,7 +74,7 @@ class TextRouter:
         for row, text in enumerate(texts):
             raw = str(text or "")
             words = _WORD.findall(raw[-self.tail:].lower())
-            grams = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+            grams = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
             for gram in grams:
                 out[row, zlib.crc32(gram.encode()) % self.buckets] += 1.0
             counts = np.log1p(out[row, :self.buckets])
@@ -122,7 +124,7 @@ class TextRouter:
                 out[s] = chance(model, x)
         return out
 
-    def fold_routers(self, examples: str) -> list["TextRouter"] | None:
+    def fold_routers(self, examples: str) -> list[TextRouter] | None:
         """The out-of-fold copies for the examples with this digest, or None when the router
         was fitted on other examples."""
         if not self.cross_fit or self.cross_fit["examples"] != examples:
@@ -156,7 +158,14 @@ class TextRouter:
         return out
 
     def set_state(self, state: dict[str, Any]) -> None:
-        buckets = int(state.get("buckets", self.buckets))
+        buckets, tail = state.get("buckets", self.buckets), state.get("tail", self.tail)
+        field = state.get("field", self.field)
+        for name, value, ok, expected in [
+                ("buckets", buckets, _count(buckets) and buckets >= 1, "an integer >= 1"),
+                ("tail", tail, _count(tail), "an integer >= 0"),
+                ("field", field, isinstance(field, str) and field, "a field name")]:
+            if not ok:
+                raise bad_state("TextRouter", name, expected, value)
         stages = state.get("stages", {})
         cross_fit = state.get("cross_fit")
         checked = [stages] + (list(cross_fit.get("folds", [])) if isinstance(cross_fit, dict) else [])
@@ -174,8 +183,8 @@ class TextRouter:
                 raise ConfigError(f"TextRouter: each stage's model must be {{'weights': "
                                   f"[{width} numbers], 'bias': number}} under a stage index; "
                                   f"compile again to rebuild it")
-        self.field = str(state.get("field", self.field))
-        self.buckets, self.tail = buckets, int(state.get("tail", self.tail))
+        self.field = field
+        self.buckets, self.tail = buckets, tail
         self.stages = {k: {"weights": [float(w) for w in m["weights"]], "bias": float(m["bias"])}
                        for k, m in stages.items()}
         self.cross_fit = cross_fit
@@ -192,11 +201,15 @@ def chance(model: dict[str, Any], x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _valid(key: Any, model: Any, width: int) -> bool:
     return (isinstance(key, str) and key.isdigit() and isinstance(model, dict)
+            and set(model) == {"weights", "bias"}
             and isinstance(model.get("weights"), list) and len(model["weights"]) == width
-            and all(isinstance(w, (int, float)) and math.isfinite(w) for w in model["weights"])
-            and isinstance(model.get("bias"), (int, float)) and math.isfinite(model["bias"]))
+            and all(is_number(w) for w in model["weights"]) and is_number(model.get("bias")))
 
 
 def entries(chances: np.ndarray, chain: list[int] | tuple[int, ...], threshold: float | None) -> np.ndarray:

@@ -23,8 +23,9 @@ from typing import Any
 from tandemlm.compose import Pipeline
 from tandemlm.compose.state import pipeline_state, set_pipeline_state
 from tandemlm.evaluate.loading import load_program
-from tandemlm.optimizers.artifact_trust import (ModelCheck, artifact_key, check_signature,
-                                                code_models, sha256_file, signature, verify_files)
+from tandemlm.optimizers.artifact_json import dump_json, finite, parse_json
+from tandemlm.optimizers.artifact_trust import (ModelCheck, artifact_key, code_models, seal,
+                                                sha256_file, unseal, verify_files)
 from tandemlm.runtime import ArtifactError, ConfigError, Model
 from tandemlm.runtime.files import atomic_write  # re-exported: passes and suites write through it
 
@@ -118,7 +119,10 @@ def snapshot(pipeline: Pipeline, root: Path) -> dict[str, Any]:
 
 def verify_snapshot(snap: dict[str, Any], root: Path, where: Path) -> None:
     """Raise `ArtifactError` naming the first altered state, or missing, unlisted, truncated or
-    altered file."""
+    altered file; the files' digests are then pinned for the backends that load them."""
+    if not isinstance(snap, dict) or not isinstance(snap.get("state"), dict):
+        raise ArtifactError(f"'{where}' holds no program state (field 'state' must be an object); "
+                            f"re-run compile to rebuild it")
     if _state_hash(snap.get("state")) != snap.get("state_sha256"):
         raise ArtifactError(f"'{where}' was modified after it was written (its state does not "
                             f"match its checksum); re-run compile to rebuild it")
@@ -128,21 +132,45 @@ def verify_snapshot(snap: dict[str, Any], root: Path, where: Path) -> None:
 def restore_state(pipeline: Pipeline, snap: dict[str, Any], root: Path, where: Path,
                   allow_paths: Iterable[str | Path] = ()) -> None:
     """Set the state of `snap` (from `snapshot`, already through `verify_snapshot`) on
-    `pipeline`, built by the user's code; every model in it passes `ModelCheck`."""
+    `pipeline`, built by the user's code; every model in it passes `ModelCheck`, and every node
+    checks the types of its state (a wrong one is a `ConfigError` naming the node and field).
+    A state that fails may leave `pipeline` half-restored: restore onto a copy."""
     check = ModelCheck(code_models(pipeline_state(pipeline)), root, where, allow_paths)
-    set_pipeline_state(pipeline, decode_state(snap["state"], check))
-
-
-def read_json(path: Path, what: str) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        set_pipeline_state(pipeline, decode_state(snap["state"], check))
+    except ConfigError as exc:
+        raise ConfigError(f"'{where}': {exc}") from None
+
+
+def read_json(path: Path, what: str, key: bytes | None = None) -> dict[str, Any]:
+    """The JSON object in the artifact file `path`, its signature checked on the raw bytes
+    when a `key` is given (see `artifact_trust.unseal`), then parsed strictly (see
+    `artifact_json`); its `hmac` member is dropped."""
+    try:
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ArtifactError(f"{what} '{path}' does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{what} '{path}' is not valid JSON (truncated or corrupt): {exc}") from None
+    except OSError as exc:
+        raise ArtifactError(f"{what} '{path}' cannot be read: {exc}") from None
+    return parse_record(raw, path, what, key)
+
+
+def parse_record(raw: bytes, path: Path, what: str, key: bytes | None = None) -> dict[str, Any]:
+    """`read_json` of bytes already read from `path`."""
+    unseal(raw, key, path)
+    data = parse_json(raw, path)
     if not isinstance(data, dict):
         raise ArtifactError(f"{what} '{path}' must hold a JSON object")
+    data.pop("hmac", None)
     return data
+
+
+def write_json(path: Path, record: dict[str, Any], key: bytes | None) -> bytes:
+    """Write `record` atomically as strict JSON, signed with `key` when one is given; returns
+    the bytes written (a pass record's successor chains to their digest)."""
+    text = seal(dump_json(record, str(path)), key)
+    atomic_write(path, text)
+    return text.encode("utf-8")
 
 
 def _version() -> str:
@@ -158,11 +186,8 @@ def save_program(pipeline: Pipeline, out_dir: str | Path, *, source: str | None 
     signed when a key is given or set in `TANDEM_ARTIFACT_KEY`."""
     root = Path(out_dir)
     program = {"schema": SCHEMA, "name": pipeline.name, "source": source, "tandemlm": _version(),
-               "passes": passes or [], **snapshot(pipeline, root)}
-    secret = artifact_key(key)
-    if secret is not None:
-        program["hmac"] = signature(program, secret)
-    atomic_write(root / "program.json", json.dumps(program, indent=1) + "\n")
+               "passes": finite(passes or []), **snapshot(pipeline, root)}
+    write_json(root / "program.json", program, artifact_key(key))
     return root / "program.json"
 
 
@@ -214,11 +239,10 @@ def load(out_dir: str | Path, program: Program | None = None, *, trust_source: b
     """
     root = Path(out_dir)
     path = root / "program.json"
-    data = read_json(path, "compiled program")
+    data = read_json(path, "compiled program", artifact_key(key))  # signature on the bytes first
     if data.get("schema") != SCHEMA:
         raise ArtifactError(f"'{path}' has schema {data.get('schema')!r}; this tandemlm reads "
                             f"{SCHEMA!r}")
-    check_signature(data, artifact_key(key), path)
     verify_snapshot(data, root, path)  # before any code is imported for the program
     pipeline = _program(program, data, path, trust_source)
     restore_state(pipeline, data, root, path, allow_paths)

@@ -2,9 +2,11 @@
 traces of the pipeline the previous pass returned, and write a loadable artifact.
 
 Each finished pass records, atomically, the pipeline state it produced (`out/passes/NN-name.json`,
-with checksums of the files it wrote); model calls go through a sqlite call cache in `out/`. So a
-compile killed mid-pass and run again with the same `out_dir` resumes after the last finished pass
-and re-pays no model call; `program.json` and `report.json` appear only when every pass finished.
+with checksums of the files it wrote, chained to this compile's inputs and the record before it,
+signed with `TANDEM_ARTIFACT_KEY` when set; see `pass_records`); model calls go through a sqlite
+call cache in `out/`. So a compile killed mid-pass and run again with the same `out_dir` resumes
+after the last finished pass, once its record passes the checks `load()` makes, and re-pays no
+model call; `program.json` and `report.json` appear only when every pass finished.
 
     compiled = compile(pipe, "train.jsonl", exact_match, valset="dev.jsonl",
                        passes=[BootstrapDemos(k=4), Finetune(nodes=["decompose"])], out_dir="out/")
@@ -27,12 +29,13 @@ from tandemlm.compose import Pipeline
 from tandemlm.evaluate import load_data
 from tandemlm.evaluate.data import require_examples
 from tandemlm.evaluate.metrics import Metric
-from tandemlm.optimizers.artifacts import (atomic_write, read_json, restore_state, save_program,
-                                           snapshot, verify_snapshot)
+from tandemlm.optimizers.artifact_trust import artifact_key
+from tandemlm.optimizers.artifacts import atomic_write, save_program, snapshot
+from tandemlm.optimizers.pass_records import PassRecords, start_record
 from tandemlm.optimizers.passes import CompileContext, Pass
 from tandemlm.optimizers.report import PassReport, Reporter, RichReporter
 from tandemlm.optimizers.trace_store import TraceStore
-from tandemlm.runtime import ArtifactError, CallCache, ConfigError
+from tandemlm.runtime import CallCache, ConfigError
 
 
 def _inputs_key(pipeline: Pipeline, out: Path, train: list, val: list, metric: Metric, seed: int,
@@ -45,40 +48,6 @@ def _inputs_key(pipeline: Pipeline, out: Path, train: list, val: list, metric: M
                "metric": getattr(metric, "__qualname__", type(metric).__name__),
                "models": {name: model.fingerprint for name, model in pipeline.models_used().items()}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=repr).encode()).hexdigest()
-
-
-def _start_record(out: Path, key: str, reporter: Reporter) -> None:
-    """Keep finished passes of an interrupted compile of the same inputs; drop any other's."""
-    record = out / "compile.json"
-    if record.exists():
-        try:
-            same = read_json(record, "compile record").get("inputs") == key
-        except ArtifactError:
-            same = False
-        if not same:
-            reporter.note(f"{out} holds a compile of other inputs; starting over")
-            for marker in (out / "passes").glob("*.json"):
-                marker.unlink()
-    atomic_write(record, json.dumps({"inputs": key}) + "\n")
-
-
-def _resume(marker: Path, step: Pass, out: Path, pipeline: Pipeline,
-            reporter: Reporter) -> PassReport | None:
-    """The recorded report if `marker` holds this very pass, finished; its state is set on
-    `pipeline`. A marker of a different pass (options changed) is not resumed, nor one whose
-    record or files were damaged: the pass runs again and rebuilds them."""
-    if not marker.exists():
-        return None
-    try:
-        data = read_json(marker, "pass record")
-        if data.get("name") != step.name or data.get("config") != step.config():
-            return None
-        verify_snapshot(data["snapshot"], out, marker)
-        restore_state(pipeline, data["snapshot"], out, marker)
-    except ArtifactError as exc:
-        reporter.note(f"{exc}; running pass '{step.name}' again")
-        return None
-    return PassReport(**{**data["report"], "resumed": True})
 
 
 def _as_passes(passes: Iterable[Pass]) -> list[Pass]:
@@ -94,7 +63,8 @@ def compile(pipeline: Pipeline, trainset: Any, metric: Metric, *, passes: Sequen
             valset: Any = None, unlabeled: Any = None, out_dir: str | Path | None = None,
             source: str | None = None,
             seed: int = 0, threshold: float | None = None, batch_size: int = 64,
-            progress: bool = True, reporter: Reporter | None = None, cache: bool = True) -> Pipeline:
+            progress: bool = True, reporter: Reporter | None = None, cache: bool = True,
+            encoding: str = "utf-8") -> Pipeline:
     """Compile `pipeline`; see the module docstring.
 
     Args:
@@ -113,21 +83,24 @@ def compile(pipeline: Pipeline, trainset: Any, metric: Metric, *, passes: Sequen
         threshold: metric value from which an example passes (default: truthy).
         cache: keep model calls in `out_dir/calls.sqlite` (a re-run pays no call twice); False
             keeps them in memory for this run only.
+        encoding: the text encoding of the data files given by path.
     """
     steps = _as_passes(passes)
-    train = require_examples(load_data(trainset), trainset, what="training data")
+    train = require_examples(load_data(trainset, encoding=encoding), trainset, what="training data")
     # An empty valset given on purpose is a mistake, not "no valset": passes would select on
     # the trainset while the report claims to measure on the valset.
-    val = (require_examples(load_data(valset), valset, what="validation data",
+    val = (require_examples(load_data(valset, encoding=encoding), valset, what="validation data",
                             hint="or leave the valset out (no --val) to select and report on the "
                                  "trainset") if valset is not None else [])
-    extra = (require_examples(load_data(unlabeled), unlabeled, what="unlabeled inputs",
+    extra = (require_examples(load_data(unlabeled, encoding=encoding), unlabeled, what="unlabeled inputs",
                               hint="or leave them out (no --unlabeled)")
              if unlabeled is not None else [])
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="tandem-compile-"))
     out.mkdir(parents=True, exist_ok=True)
     reporter = reporter or (RichReporter() if progress else Reporter())
-    _start_record(out, _inputs_key(pipeline, out, train, val, metric, seed, extra), reporter)
+    inputs = _inputs_key(pipeline, out, train, val, metric, seed, extra)
+    start_record(out, inputs, reporter)
+    records = PassRecords(out, inputs, artifact_key())
     calls = CallCache(out / "calls.sqlite" if cache else None)
     store = TraceStore(metric, cache=calls, threshold=threshold, batch_size=batch_size,
                        progress=progress)
@@ -135,18 +108,22 @@ def compile(pipeline: Pipeline, trainset: Any, metric: Metric, *, passes: Sequen
     current = copy.deepcopy(pipeline)
     reports: list[PassReport] = []
     resuming = True  # once a pass runs afresh, later records describe another history
+    chain = ""  # the digest of the last record: each record names the one before it
     try:
         for index, step in enumerate(steps, 1):
             ctx = CompileContext(train, val, metric, store, out, index=index, seed=seed,
                                  reporter=reporter, unlabeled=extra)
             marker = out / "passes" / f"{index:02d}-{step.name}.json"
-            report = _resume(marker, step, out, current, reporter) if resuming else None
-            if report is None:
+            resumed = records.resume(marker, step, current, chain, reporter) if resuming else None
+            if resumed is None:
                 resuming = False
                 for stale in (out / "passes").glob("*.json"):
                     if int(stale.name.split("-", 1)[0]) >= index:
                         stale.unlink()
-                current, report = _run_pass(step, current, ctx, split, marker)
+                current, report = _run_pass(step, current, ctx, split)
+                chain = records.write(marker, step, report, current, chain)
+            else:
+                current, report, chain = resumed
             reports.append(report)
             reporter.pass_done(report)
         save_program(current, out, source=source, passes=[r.to_dict() for r in reports])
@@ -157,8 +134,8 @@ def compile(pipeline: Pipeline, trainset: Any, metric: Metric, *, passes: Sequen
     return current
 
 
-def _run_pass(step: Pass, pipeline: Pipeline, ctx: CompileContext, split: str,
-              marker: Path) -> tuple[Pipeline, PassReport]:
+def _run_pass(step: Pass, pipeline: Pipeline, ctx: CompileContext,
+              split: str) -> tuple[Pipeline, PassReport]:
     started = time.perf_counter()
     train_traces = ctx.traces(pipeline, "train")
     before = train_traces if split == "train" else ctx.traces(pipeline, split)
@@ -170,9 +147,6 @@ def _run_pass(step: Pass, pipeline: Pipeline, ctx: CompileContext, split: str,
     report = PassReport(ctx.index, step.name, step.config(), before.score, after.score,
                         before.cost(), after.cost(), time.perf_counter() - started,
                         details=dict(ctx.details))
-    record = {"name": step.name, "config": step.config(), "report": report.to_dict(),
-              "snapshot": snapshot(new, ctx.out)}
-    atomic_write(marker, json.dumps(record, indent=1) + "\n")
     return new, report
 
 

@@ -31,6 +31,7 @@ from tandemlm.compose.state import node_paths
 from tandemlm.evaluate.metrics import Metric
 from tandemlm.optimizers.report import Reporter
 from tandemlm.optimizers.trace_store import Traces, TraceStore
+from tandemlm.runtime.verified_files import release
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class CompileContext:
         A pass that crashed left it half-written; re-running clears it."""
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "node"
         path = self.out / kind / f"{self.index:02d}-{slug}"
+        release([path])  # digests a resumed record pinned describe the files removed here
         if path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True)

@@ -21,6 +21,7 @@ import dspy
 from tandemlm.compose import NodeTrace, Pipeline
 from tandemlm.compose.state import node_paths
 from tandemlm.compose.trace import spent
+from tandemlm.evaluate.metrics import metric_value
 from tandemlm.modules.cascade import Cascade
 from tandemlm.optimizers.passes import CompileContext
 from tandemlm.optimizers.trace_store import Traces
@@ -72,9 +73,10 @@ def _correct(metric: Any, example: dict[str, Any], answer: NodeTrace) -> bool:
     if not answer.ok:
         return False
     try:
-        return bool(metric(dspy.Example(**example), dspy.Prediction(**answer.outputs)))
+        value = metric(dspy.Example(**example), dspy.Prediction(**answer.outputs))
     except Exception:  # a metric failing on one answer counts it wrong, as evaluate() does
         return False
+    return bool(metric_value(metric, value, example))  # a NaN is no verdict: refused, as in evaluate()
 
 
 def fold_key(node: Any, values: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 import dspy
 
 from tandemlm.compose import LMNode, Pipeline
-from tandemlm.evaluate.metrics import normalize
+from tandemlm.evaluate.metrics import metric_value, normalize
 from tandemlm.modules.verify import Verify
 from tandemlm.optimizers.finetune import Finetune
 from tandemlm.optimizers.finetune_data import Row, completion_text, node_rows
@@ -96,9 +96,10 @@ class TrainVerifier(Finetune):
 def _accepted(metric: Any, call: NodeCall) -> bool:
     """The metric on the answer the node verified; the example's outcome where that fails."""
     try:
-        return bool(metric(dspy.Example(**call.example), dspy.Prediction(**call.trace.inputs)))
+        value = metric(dspy.Example(**call.example), dspy.Prediction(**call.trace.inputs))
     except Exception:
         return call.passed
+    return bool(metric_value(metric, value, call.example))  # a NaN is no verdict: refused, as in evaluate()
 
 
 def _relabel(view: LMNode, row: Row, verdict: str) -> Row:

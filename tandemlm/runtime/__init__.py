@@ -5,8 +5,9 @@ from tandemlm.runtime.backend import Backend, register_backend, registered_backe
 from tandemlm.runtime.cache import CallCache, use_cache
 from tandemlm.runtime.errors import (ArtifactError, BackendError, CapabilityError, CompileError,
                                      ConfigError,
-                                     EvaluationAborted, EvaluationWarning, GraphError, ParseError, PrivacyError,
-                                     RateLimited, ReplayMiss, TandemError, Unavailable)
+                                     EvaluationAborted, EvaluationWarning, GraphError, OutputError,
+                                     ParseError, PrivacyError, RateLimited, ReplayMiss, TandemError,
+                                     Unavailable)
 from tandemlm.runtime.model import Model
 from tandemlm.runtime.types import (ClassifyRequest, ClassifyResult, Constraint, GenRequest,
                                     GenResult, ScoreRequest, ScoreResult, request_texts)
@@ -15,7 +16,7 @@ __all__ = [
     "ArtifactError", "Backend", "BackendError", "CallCache", "CapabilityError", "ClassifyRequest",
     "ClassifyResult", "CompileError", "ConfigError", "Constraint", "Cost", "EvaluationAborted",
     "EvaluationWarning", "GenRequest",
-    "GenResult", "GraphError", "Ledger", "Model", "ModelUsage", "ParseError", "PrivacyError",
+    "GenResult", "GraphError", "Ledger", "Model", "ModelUsage", "OutputError", "ParseError", "PrivacyError",
     "RateLimited", "ReplayMiss", "ScoreRequest", "ScoreResult", "TandemError", "Unavailable",
     "call_cost", "register_backend", "registered_backends", "request_texts", "require", "supports",
     "use_cache",

@@ -59,6 +59,10 @@ class EvaluationAborted(TandemError):
     """An evaluation stopped because too many examples failed."""
 
 
+class OutputError(TandemError):
+    """Writing results failed (a full disk, no permission); the message says what was kept."""
+
+
 class EvaluationWarning(UserWarning):
     """An evaluation finished, but most of its examples failed: its score measures failures."""
 

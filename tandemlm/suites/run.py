@@ -85,11 +85,13 @@ def run_suite(suite: Suite, out: str | Path, *, tasks: list[str] | None = None,
                                               reporter=RichReporter(console) if progress else Reporter())
         except TandemError as exc:
             results["tasks"][name] = {"error": f"{type(exc).__name__}: {exc}"}
-            console.print(f"[bold red]{name} failed:[/] {exc}")
+            console.print(f"[bold red]{terminal.safe(name, markup=True)} failed:[/] "
+                          f"{terminal.safe(exc, markup=True)}", soft_wrap=True)
         except Exception as exc:  # one broken task must not lose the others' results
             results["tasks"][name] = {"error": f"{type(exc).__name__}: {exc}",
                                       "traceback": traceback.format_exc()}
-            console.print(f"[bold red]{name} failed:[/] {type(exc).__name__}: {exc}")
+            console.print(f"[bold red]{terminal.safe(name, markup=True)} failed:[/] "
+                          f"{type(exc).__name__}: {terminal.safe(exc, markup=True)}", soft_wrap=True)
         atomic_write(out / "results.json", json.dumps(results, indent=1) + "\n")
     atomic_write(out / "results.md", markdown_table(results) + "\n")
     return results
@@ -297,7 +299,8 @@ def results_table(results: dict[str, Any]) -> Table:
         out.add_column(column, justify="left" if column in left else "right")
     for name, t in results["tasks"].items():
         if "error" in t:
-            out.add_row(name, "", "[red]error[/red]", t["error"][:60], "", "", "", "", "")
+            out.add_row(name, "", "[red]error[/red]", terminal.safe(t["error"][:60], markup=True),
+                        "", "", "", "", "")
             continue
         m, best, cas = t["metric"], t.get("best_single"), t.get("cascade")
         value = f"{pct(m['value'])} ± {pct(m['stderr'])}"

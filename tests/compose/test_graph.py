@@ -82,15 +82,34 @@ def test_type_mismatch_between_python_steps():
         Pipeline([step("make", "q", {"items": list}), step("use", {"items": dict}, "out")])
 
 
+def _feeds(produced: dict | str, consumed: dict) -> Pipeline:
+    """A pipeline where node 'use' reads the one field node 'make' produces; asserts the edge."""
+    pipe = Pipeline([step("make", "q", produced), step("use", consumed, "out")])
+    assert pipe.stages() == [["make"], ["use"]]
+    assert pipe.graph.edges["make", "use"]["fields"] == list(consumed)
+    return pipe
+
+
 def test_compatible_types_pass():
-    # A subclass feeds its base, equal generics match, and an undeclared (Any) field matches.
-    Pipeline([step("make", "q", {"flag": bool}), step("use", {"flag": int}, "out")])
-    Pipeline([step("make", "q", {"items": list[str]}), step("use", {"items": list[str]}, "out")])
-    Pipeline([step("make", "q", "x"), step("use", {"x": int}, "out")])
+    # A subclass feeds its base, equal generics match, and an undeclared (Any) field matches...
+    _feeds({"flag": bool}, {"flag": int})
+    _feeds({"items": list[str]}, {"items": list[str]})
+    _feeds("x", {"x": int})
+    # ...where the other way round, or with other arguments, is a mismatch.
+    with pytest.raises(GraphError, match="field 'flag'.*'make' produces int.*'use' expects bool"):
+        _feeds({"flag": int}, {"flag": bool})
+    with pytest.raises(GraphError, match="field 'items'"):
+        _feeds({"items": list[int]}, {"items": list[str]})
 
 
 def test_parametrised_type_feeds_its_bare_origin():
-    Pipeline([step("make", "q", {"items": list[str]}), step("use", {"items": list}, "out")])
+    _feeds({"items": list[str]}, {"items": list})
+    _feeds({"pairs": dict[str, int]}, {"pairs": dict})
+    # a bare type promises nothing about its items, and the origin must still match
+    with pytest.raises(GraphError, match="field 'items'"):
+        _feeds({"items": list}, {"items": list[str]})
+    with pytest.raises(GraphError, match="field 'items'"):
+        _feeds({"items": list[str]}, {"items": dict})
 
 
 def test_declared_input_that_a_node_also_produces():

@@ -16,7 +16,7 @@ import pytest
 
 from tandemlm.compose import LMNode, Pipeline, Step
 from tandemlm.evaluate import bootstrap_stderr, evaluate, exact_match, load_data, load_object
-from tandemlm.runtime import ConfigError, EvaluationAborted, EvaluationWarning, GenRequest, Model
+from tandemlm.runtime import ConfigError, EvaluationAborted, GenRequest, Model
 
 ROWS = [{"question": "1+1", "answer": "2"}, {"question": "2+2", "answer": "4"},
         {"question": "3+3", "answer": "6"}, {"question": "4+4", "answer": "9"}]
@@ -150,11 +150,13 @@ def test_a_failing_example_and_a_raising_metric_do_not_sink_the_evaluation():
     assert result.score == pytest.approx(0.25)
 
 
-def test_a_metric_returning_a_non_number_is_that_examples_error():
+def test_a_metric_returning_a_non_number_stops_the_evaluation_naming_it():
+    # not one example's failure: the metric is broken, on every example it returns that for
+    # (tests/evaluate/test_bad_input.py: NaN, infinity, None, and the records kept)
     pipe, _ = _calculator()
-    with pytest.warns(EvaluationWarning, match="expected a number or bool"):
-        result = evaluate(pipe, ROWS[:2], lambda e, p, trace=None: "yes", progress=False)
-    assert all("expected a number or bool" in r.error for r in result.records)
+    with pytest.raises(ConfigError, match=r"metric '\S*<lambda>' returned 'yes' for example 0; "
+                                          r"a metric must return a finite number or bool"):
+        evaluate(pipe, ROWS[:2], lambda e, p, trace=None: "yes", progress=False)
 
 
 def test_max_errors_exceeded_aborts_and_writes_partial_results(tmp_path):

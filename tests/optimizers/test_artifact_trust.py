@@ -10,6 +10,7 @@ packaged OVERRULING excerpt and `hf` handles (never loaded: the refusal comes fi
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,109 @@ def test_a_signed_artifact_refuses_any_edit_even_resealed(tmp_path, monkeypatch)
     save_program(recorded(), tmp_path)  # unsigned
     with pytest.raises(ArtifactError, match="is not signed"):
         load(tmp_path, program=recorded, key="s3cret")
+
+
+# -- a model is the code's whole option set, both ways ---------------------------------------------
+
+def served(model: Model) -> Pipeline:
+    return Pipeline([LMNode("question -> answer", model="m", name="solve")], models={"m": model},
+                    name="srv")
+
+
+API = Model("openai", "gpt-4o-mini", base_url="http://127.0.0.1:9/v1", api_key_env="TANDEM_TEST_KEY")
+JUDGE = Model("hf-classifier", "/models/minilm", max_length=128)
+
+
+@pytest.mark.parametrize("model, option", [(API, "api_key_env"), (API, "base_url"),
+                                           (JUDGE, "max_length")])
+def test_an_artifact_cannot_drop_an_option_the_code_gives(tmp_path, model, option):
+    """Dropping `api_key_env` made the openai backend send OPENAI_API_KEY (its default) to the
+    program's server; dropping a judge's `max_length` changed how it truncates."""
+    save_program(served(model), tmp_path)
+    reseal(tmp_path, lambda p: p["state"]["models"]["m"]["$model"]["options"].pop(option))
+    with pytest.raises(ArtifactError, match=rf"'state\.models\.m': it drops option {option}=.*which "
+                                            rf"the program's code gives model '{model.name}'"):
+        load(tmp_path, program=lambda: served(model))
+    assert load_fresh(tmp_path, model).models["m"].options == model.options
+
+
+def load_fresh(root: Path, model: Model) -> Pipeline:
+    """The same artifact saved again untouched: it loads (the rule refuses edits only)."""
+    save_program(served(model), root)
+    return load(root, program=lambda: served(model))
+
+
+@pytest.mark.parametrize("option, value", [("base_url", "http://evil.example/v1"),
+                                           ("base_url", "/run/proxy.sock"),
+                                           ("api_key_env", "AWS_SECRET_ACCESS_KEY")])
+def test_credentials_never_change_through_an_artifact_even_under_an_allowed_path(tmp_path, option,
+                                                                                value):
+    save_program(served(API), tmp_path)
+    reseal(tmp_path, lambda p: p["state"]["models"]["m"]["$model"]["options"].update({option: value}))
+    with pytest.raises(ArtifactError, match=rf"option {option}=.*differs.*never change through an "
+                                            rf"artifact"):
+        # A relative value used to resolve under the working directory, here an allowed one.
+        load(tmp_path, program=lambda: served(API), allow_paths=[Path.cwd(), "/"])
+
+
+def test_options_compare_as_json_values(tmp_path):
+    model = Model("recorded", "gpt-4", data=(str(EXCERPT),))  # a tuple saves as a list
+    save_program(served(model), tmp_path)
+    assert load(tmp_path, program=lambda: served(model)).models["m"].options["data"] == [str(EXCERPT)]
+
+
+# -- a chat template from an artifact is the base model's own -------------------------------------
+
+SLOW = "{% for i in range(10 ** 9) %}{% endfor %}{{ messages[0]['content'] }}"
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    from tandemlm.tiny import build_tiny_lm
+
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny") / "base", layers=1, hidden=32, heads=2)
+
+
+def on_base(base: Path, root: Path, folder: str, **changes) -> Pipeline:
+    """`base`'s program, saved with the model's weights (id) or adapter in `root/folder`."""
+    model = Model("hf", str(base), device="cpu")
+    pipe = served(model)
+    pipe.models["m"] = Model.from_dict({**model.to_dict(), **{k: str(root / folder)
+                                                             for k in changes}})
+    save_program(pipe, root)
+    return pipe
+
+
+def test_an_artifact_folder_cannot_bring_another_chat_template(tiny_base, tmp_path):
+    same, other = tmp_path / "same", tmp_path / "other"
+    for root in (same, other):
+        shutil.copytree(tiny_base, root / "models" / "01-solve")
+    (other / "models" / "01-solve" / "chat_template.jinja").write_text(SLOW)
+
+    def program():
+        return served(Model("hf", str(tiny_base), device="cpu"))
+
+    on_base(tiny_base, same, "models/01-solve", id=True)
+    assert load(same, program=program).models["m"].id == str(same / "models" / "01-solve")
+    on_base(tiny_base, other, "models/01-solve", id=True)
+    with pytest.raises(ArtifactError, match=r"the chat template in '.*01-solve' differs from the "
+                                            r"one of model .*never changes the template"):
+        load(other, program=program)
+
+
+@pytest.mark.parametrize("where", ["tokenizer_config.json", "adapter"])
+def test_a_chat_template_hidden_elsewhere_in_an_artifact_folder_is_refused(tiny_base, tmp_path,
+                                                                          where):
+    folder = tmp_path / "adapters" / "01-solve"
+    if where == "adapter":  # an adapter folder brings no tokenizer; a template there is refused
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text("{}")
+        (folder / "chat_template.jinja").write_text(SLOW)
+    else:
+        shutil.copytree(tiny_base, folder)
+        config = json.loads((folder / where).read_text())
+        (folder / where).write_text(json.dumps({**config, "chat_template": SLOW}))
+    on_base(tiny_base, tmp_path, "adapters/01-solve", **({"adapter": True} if where == "adapter"
+                                                         else {"id": True}))
+    with pytest.raises(ArtifactError, match="chat template"):
+        load(tmp_path, program=lambda: served(Model("hf", str(tiny_base), device="cpu")))

@@ -6,9 +6,12 @@ from __future__ import annotations
 import dspy
 import pytest
 
+from dspy.utils.exceptions import AdapterParseError
+
 from tandemlm import LMNode, Model, Pipeline
 from tandemlm.runtime import ConfigError, GenRequest
 from tandemlm.runtime.backends.dspy_bridge import DSPyBackend, TandemEngine, as_dspy_lm
+from tandemlm.testing import chat_reply
 from tandemlm.tiny import build_tiny_lm
 
 
@@ -46,14 +49,23 @@ def test_dspy_cache_never_serves_one_model_the_answers_of_another(tinies, monkey
 
 
 def test_a_dspy_program_runs_on_a_tandem_model_and_the_engine_state_round_trips(tinies):
+    # A model that writes DSPy's fields: the program's prediction is its answer.
+    scripted = Model("scripted", "dspy-fields", reply=chat_reply(answer="blue"))
+    with dspy.context(lm=as_dspy_lm(scripted)):
+        assert dspy.Predict("question -> answer")(question="Colour of the sky?").answer == "blue"
+    assert "Colour of the sky?" in scripted.backend.history[-1].messages[-1]["content"]
+    # An untrained tiny model cannot write them: DSPy's adapters (chat, then JSON) each get the
+    # model's own reply to their prompt, and the parse error carries it.
     lm = as_dspy_lm(tinies[0], max_tokens=4)
-    with dspy.context(lm=lm):
-        history = len(lm.history)
-        try:
-            dspy.Predict("question -> answer")(question="What?")
-        except Exception:  # an untrained model cannot write DSPy's fields; the call happened
-            pass
-    assert len(lm.history) > history
+    history = len(lm.history)
+    with dspy.context(lm=lm), pytest.raises(AdapterParseError) as failed:
+        dspy.Predict("question -> answer")(question="What?")
+    calls = lm.history[history:]
+    assert calls
+    for call in calls:
+        (direct,) = tinies[0].generate([GenRequest(messages=tuple(call["messages"]), max_new_tokens=4)])
+        assert call["outputs"] == [direct.text]
+    assert failed.value.lm_response == calls[-1]["outputs"][0]
     engine = TandemEngine.load_state(TandemEngine(tinies[0]).dump_state())
     assert engine.model.fingerprint == tinies[0].fingerprint
     state = TandemEngine(tinies[0]).dump_state()

@@ -1,36 +1,38 @@
 """The `recorded` backend: replays real outputs of real models, never makes one up.
 
-Checked against the real replay file others recorded (skipped when absent) and against small
+Checked against the real replay file others recorded, as the package ships it, and against small
 replay files written here, so each lookup rule and each error is pinned down exactly.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
 
 import pytest
 
+from tandemlm.evaluate import packaged_data
 from tandemlm.runtime import ConfigError, GenRequest, Model
 from tandemlm.runtime.backends.recorded import RecordedBackend
 
-# Real data others recorded lives in ../shared/data/ next to the repository (DESIGN.md).
-REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "replay" / "overruling_all.jsonl"
+# The real OVERRULING rows others recorded, shipped in the package (gzip), so these tests run on
+# a fresh clone. ../shared/data/ next to the repository holds the same rows uncompressed, when
+# it is there (DESIGN.md).
+REAL = packaged_data("overruling_all.jsonl.gz")
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "replay" / "overruling_all.jsonl"
 
-needs_real = pytest.mark.skipif(not REAL.is_file(),
-                                reason=f"real replay data {REAL} is not on this machine")
 
-
-def _real_rows() -> list[dict]:
-    with REAL.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+def _real_rows(path: Path = REAL) -> list[dict]:
+    """The rows of a replay file, read here without the backend's own reader."""
+    raw = path.read_bytes()
+    text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8")
+    return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
 @pytest.fixture(scope="module")
 def real_rows() -> list[dict]:
-    if not REAL.is_file():
-        pytest.skip(f"real replay data {REAL} is not on this machine")
     return _real_rows()
 
 
@@ -63,7 +65,6 @@ def small_file(tmp_path: Path) -> Path:
 
 # -- real recorded data ------------------------------------------------------------------------
 
-@needs_real
 @pytest.mark.parametrize("model_name", ["gpt-4", "j1-large", "gpt-3.5-turbo"])
 def test_real_lookup_by_id_returns_exactly_the_recorded_output_and_cost(real_rows, model_name):
     # Rows spread over the file, plus every row where this model answered something long,
@@ -82,7 +83,6 @@ def test_real_lookup_by_id_returns_exactly_the_recorded_output_and_cost(real_row
         assert model.cost(result).usd == pytest.approx(entry["cost_usd"])
 
 
-@needs_real
 def test_real_lookup_by_exact_prompt_and_by_chat_message(real_rows):
     row = real_rows[7]
     entry = row["models"]["text-davinci-002"]
@@ -96,7 +96,6 @@ def test_real_lookup_by_exact_prompt_and_by_chat_message(real_rows):
     assert by_message.texts == [entry["output"]] and by_message.cost_usd == entry["cost_usd"]
 
 
-@needs_real
 def test_real_stop_string_truncates_a_long_recorded_answer(real_rows):
     row, name = next((r, m) for r in real_rows for m, e in r["models"].items()
                      if " (" in e["output"])
@@ -107,7 +106,6 @@ def test_real_stop_string_truncates_a_long_recorded_answer(real_rows):
     assert cut.text != full
 
 
-@needs_real
 def test_real_pipeline_replays_recorded_answers_and_costs(real_rows):
     from tandemlm.compose import LMNode, Pipeline
 
@@ -188,6 +186,17 @@ def test_malformed_json_line_names_file_and_line(tmp_path):
 def test_row_without_models_object_names_file_and_line(tmp_path):
     path = _write(tmp_path / "bad.jsonl", [_row("a", "p", big="x"), {"id": "b", "prompt": "q"}])
     with pytest.raises(ConfigError, match=rf"{path}:2: a replay row needs an 'id' and a 'models'"):
+        Model("recorded", "big", data=str(path)).generate([GenRequest(prompt="p")])
+
+
+def test_a_byte_that_is_not_utf8_names_file_line_and_byte(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    rows = [_row("a", "p", big="x"), _row("b", "caf\u00e9", big="y")]
+    raw = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("latin-1")
+    path.write_bytes(raw)  # as an editor saving in latin-1 would
+    with pytest.raises(ConfigError, match=rf"recorded data file '{path}', line 2: byte "
+                                          rf"{raw.index(0xE9)} \(0xe9\) is not valid utf-8; "
+                                          rf"re-encode the file as UTF-8"):
         Model("recorded", "big", data=str(path)).generate([GenRequest(prompt="p")])
 
 
@@ -293,13 +302,13 @@ def test_fingerprint_of_an_existing_handle_follows_the_data_file(tmp_path):
 
 
 def test_the_packaged_gzip_file_replays_the_full_overruling_data_and_a_corrupt_one_is_refused(tmp_path):
-    from tandemlm.evaluate import packaged_data
     from tandemlm.runtime.backends.recorded import read_replay_file
 
     packed = read_replay_file(packaged_data("overruling_all.jsonl.gz")).rows
     assert len(packed) == 2160 and {"gpt-4", "gptj_6B"} <= set(packed[0]["models"])
-    if REAL.is_file():  # the packaged copy is the shared file, row for row
-        assert packed == _real_rows()
+    assert packed == _real_rows()
+    if SHARED.is_file():  # the packaged copy is the shared file, row for row
+        assert packed == _real_rows(SHARED)
     row = packed[7]
     model = Model("recorded", "gpt-4", data=str(packaged_data("overruling_all.jsonl.gz")))
     (got,) = model.generate([GenRequest(prompt=row["prompt"], key=row["id"])])

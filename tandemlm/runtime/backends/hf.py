@@ -40,6 +40,7 @@ from tandemlm.runtime.backends.hf_gguf import gguf_folder, gguf_identity, gguf_p
 from tandemlm.runtime.backends.hf_sampling import RowSampler, row_seed
 from tandemlm.runtime.errors import ConfigError
 from tandemlm.runtime.threads import check_threads
+from tandemlm.runtime.verified_files import verified_source
 from tandemlm.runtime.types import Constraint, GenRequest, GenResult, ScoreRequest, ScoreResult
 
 _OPTIONS = ("device", "dtype", "batch_size", "adapter", "trust_remote_code", "gguf_file",
@@ -148,7 +149,8 @@ class HFBackend(TransformersBackend):
     def _load_now(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-        source = self._source()
+        # A checked artifact's files load from the bytes that were checked (see verified_files).
+        source = verified_source(self._source())
         device, dtype = placement(self.device_option, self.dtype_option)
         remote = self.trust_remote_code
         try:
@@ -165,7 +167,7 @@ class HFBackend(TransformersBackend):
         if self.adapter is not None:
             from tandemlm.runtime.backends.hf_lora import load_adapter
 
-            model = load_adapter(model, self.adapter, self.model_id)
+            model = load_adapter(model, verified_source(self.adapter), self.model_id)
         model.eval()
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:

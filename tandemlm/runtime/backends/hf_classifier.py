@@ -36,6 +36,7 @@ from tandemlm.runtime.errors import ConfigError
 from tandemlm.runtime.threads import check_threads
 from tandemlm.runtime.train import fit
 from tandemlm.runtime.types import ClassifyRequest, ClassifyResult, GenRequest, GenResult
+from tandemlm.runtime.verified_files import verified_source
 
 _OPTIONS = ("device", "dtype", "batch_size", "num_labels", "max_length", "truncation_side",
             "trust_remote_code", "threads")
@@ -169,7 +170,8 @@ class HFClassifierBackend(TransformersBackend):
         """A fresh (model, tokenizer) from the checkpoint, placed on `device` in `dtype`."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        source, remote = self._source(), self.trust_remote_code
+        # A checked artifact's scorer loads from the bytes that were checked (see verified_files).
+        source, remote = verified_source(self._source()), self.trust_remote_code
         try:
             num_labels = self.num_labels_option or _head_size(source, remote)
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)

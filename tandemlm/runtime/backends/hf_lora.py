@@ -28,6 +28,7 @@ from tandemlm.runtime.backends.hf_prompt import encode_continuation, encode_prom
 from tandemlm.runtime.errors import ConfigError
 from tandemlm.runtime.train import FitResult, fit
 from tandemlm.runtime.types import GenRequest, LoraOptions
+from tandemlm.runtime.verified_files import verified_source
 
 if TYPE_CHECKING:
     from tandemlm.runtime.backends.hf import HFBackend
@@ -144,7 +145,7 @@ def train_lora(backend: HFBackend, examples: Sequence[tuple[GenRequest, str]], o
         raise ConfigError("train_lora needs at least one (request, completion) example")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    source = backend._source()
+    source = verified_source(backend._source())  # a checked artifact's files: the checked bytes
     device, dtype = placement(backend.device_option, backend.dtype_option)
     dtype = "float32" if device == "cpu" else dtype
     remote = backend.trust_remote_code
@@ -154,7 +155,8 @@ def train_lora(backend: HFBackend, examples: Sequence[tuple[GenRequest, str]], o
         model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype),
                                                      trust_remote_code=remote)
     _check_lengths(rows, getattr(model.config, "max_position_embeddings", None))
-    model = _peft_model(model.to(device), lora or LoraOptions(), backend.adapter, seed)
+    adapter = verified_source(backend.adapter) if backend.adapter is not None else None
+    model = _peft_model(model.to(device), lora or LoraOptions(), adapter, seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     try:
         result = fit(model, sft_batches(rows, batch_size, pad, seed), loss_fn=causal_lm_loss,

@@ -26,6 +26,7 @@ from typing import Any
 
 from tandemlm.runtime.backend import Backend
 from tandemlm.runtime.errors import ConfigError, ReplayMiss
+from tandemlm.runtime.text_files import decode
 from tandemlm.runtime.types import GenRequest, GenResult
 
 
@@ -71,9 +72,9 @@ def read_replay_file(path: str | Path) -> _Table:
         except (OSError, EOFError, zlib.error) as exc:
             raise ConfigError(f"recorded data file '{path}' is not a readable gzip file ({exc}); "
                               f"replace it with a valid copy") from None
-    rows = []
+    rows, text = [], decode(raw, path, what="recorded data file")
     # split on newlines only: JSON strings may hold U+2028 and other characters splitlines() cuts at
-    for number, line in enumerate(raw.decode("utf-8").split("\n"), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -34,6 +34,7 @@ from typing import Any
 from tandemlm.runtime.backend import Backend
 from tandemlm.runtime.errors import ConfigError
 from tandemlm.runtime.types import Constraint, GenRequest, GenResult, ScoreRequest, ScoreResult
+from tandemlm.runtime.verified_files import verified_source
 
 _ENGINES: dict[tuple, Any] = {}
 _ADAPTER_IDS: dict[str, int] = {}
@@ -97,7 +98,9 @@ class VLLMBackend(Backend):
         with _LOCK:
             if key not in _ENGINES:
                 options = {"max_lora_rank": 16, **self.engine_options}
-                _ENGINES[key] = _vllm().LLM(model=self.model_id, enable_lora=True, **options)
+                # a checked artifact's files load from the bytes that were checked
+                _ENGINES[key] = _vllm().LLM(model=verified_source(self.model_id), enable_lora=True,
+                                            **options)
             return _ENGINES[key]
 
     def lora(self) -> Any:
@@ -108,7 +111,8 @@ class VLLMBackend(Backend):
 
         with _LOCK:
             lora_id = _ADAPTER_IDS.setdefault(self.adapter, len(_ADAPTER_IDS) + 1)
-        return LoRARequest(lora_name=f"adapter-{lora_id}", lora_int_id=lora_id, lora_path=self.adapter)
+        return LoRARequest(lora_name=f"adapter-{lora_id}", lora_int_id=lora_id,
+                           lora_path=verified_source(self.adapter))
 
     def sampling(self, request: GenRequest) -> Any:
         """The request's `SamplingParams`; `structured_outputs` only when it carries a constraint
