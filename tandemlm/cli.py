@@ -135,6 +135,19 @@ def report_command(
     console.print(f"report written to {path}", markup=False)
 
 
+def _not_written(exc: OSError, out: Path) -> TandemError:
+    """An OSError of a compile as one line: the file, the system's reason, and that the passes
+    that finished are kept in OUT/passes, so the same command resumes after them."""
+    import errno
+
+    from tandemlm.runtime.errors import OutputError
+
+    code = f" ({errno.errorcode[exc.errno]})" if exc.errno in errno.errorcode else ""
+    return OutputError(f"could not write {exc.filename or out}: {exc.strerror or exc}{code}; the "
+                       f"passes that finished are kept in {out}/passes: free the space (or fix "
+                       f"the permission) and run the same command again to resume after them")
+
+
 def _interactive() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
@@ -297,6 +310,8 @@ def compile_command(
                            reporter=RichReporter(console), cache=not no_cache, encoding=encoding)
     except TandemError as exc:
         _fail(exc)
+    except OSError as exc:  # a full disk, a read-only --out: what was kept, and how to go on
+        _fail(_not_written(exc, out))
     console.print(report_table(compiled.compile_report, "val" if val is not None else "train"))
     for step in compiled.compile_report:
         for path, figures in step.details.items():

@@ -89,6 +89,29 @@ def test_compile_resumes_in_the_same_out_dir(project):
     assert "(resumed)" in result.output and "trainset" in result.output
 
 
+def test_a_full_disk_is_one_line_and_the_finished_passes_resume(project, tmp_path, monkeypatch):
+    import errno
+    import importlib
+
+    compiling = importlib.import_module("tandemlm.optimizers.compile")  # the module, not the function
+
+    def full(pipeline, out, **kwargs):  # the disk fills as program.json is written
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "program.json"))
+
+    saving = compiling.save_program
+    monkeypatch.setattr(compiling, "save_program", full)
+    result = invoke(*compile_args(project, "--passes", "BootstrapDemos(k=2)"))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    line = said(result)
+    assert f"could not write {project['out']}/program.json: No space left on device (ENOSPC)" in line
+    assert "kept in" in line and "resume" in line
+    assert list((tmp_path / "out" / "passes").glob("01-*.json"))
+    monkeypatch.setattr(compiling, "save_program", saving)
+    again = invoke(*compile_args(project, "--passes", "BootstrapDemos(k=2)"))
+    assert again.exit_code == 0 and "(resumed)" in again.output, again.output
+    assert (tmp_path / "out" / "program.json").is_file()
+
+
 def test_no_cache_keeps_no_call_file(project, tmp_path):
     result = invoke(*compile_args(project, "--no-cache"))
     assert result.exit_code == 0, result.output
