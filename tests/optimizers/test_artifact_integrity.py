@@ -14,39 +14,23 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tandemlm import LMNode, Model, Pipeline
 from tandemlm.modules import Cascade, FeatureJudge, Stage
-from tandemlm.optimizers import Pass, compile, lm_nodes, load, save_program
+from tandemlm.optimizers import compile, lm_nodes, load, save_program
 from tandemlm.optimizers.artifacts import _state_hash
 from tandemlm.runtime import ArtifactError, ConfigError, ScoreRequest
 from tandemlm.testing import chat_reply
 from recorder import Recorder
+from toy_passes import APPLIED, SetDemo
 
-APPLIED: Counter = Counter()
 TRAIN = [{"question": w, "answer": w.upper()} for w in ["cat", "dog", "owl"]]
 #: TEST DOUBLES: scripted models with JSON rules, so their configurations are saved
 SMALL = Model("scripted", "int-small", rules=[["question", chat_reply(answer="small")]])
 BIG = Model("scripted", "int-big", rules=[["question", chat_reply(answer="big")]])
-
-
-@dataclass
-class SetDemo(Pass):
-    """Test pass: gives node 'solve' one demo with this answer."""
-
-    answer: str = "A"
-    name = "set_demo"
-
-    def apply(self, pipeline, traces, ctx):
-        APPLIED[self.name] += 1
-        new = ctx.copy(pipeline)
-        lm_nodes(new)["solve"].demos = [{"question": "a", "answer": self.answer}]
-        return new
 
 
 def build() -> Pipeline:

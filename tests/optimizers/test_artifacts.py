@@ -9,7 +9,6 @@ from one that ran again.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,24 +20,10 @@ from tandemlm.optimizers import Pass, compile, lm_nodes, load
 from tandemlm.runtime import ArtifactError
 from tandemlm.testing import chat_reply
 from recorder import Recorder
+from toy_passes import APPLIED, SetDemo
 
-APPLIED: Counter = Counter()
 TRAIN = [{"question": w, "answer": w.upper()} for w in ["cat", "dog", "owl"]]
 WEIGHTS = "adapter_model.safetensors"
-
-
-@dataclass
-class SetDemo(Pass):
-    """Test pass: gives node 'solve' one demo with this answer."""
-
-    answer: str = "A"
-    name = "set_demo"
-
-    def apply(self, pipeline, traces, ctx):
-        APPLIED[self.name] += 1
-        new = ctx.copy(pipeline)
-        lm_nodes(new)["solve"].demos = [{"question": "a", "answer": self.answer}]
-        return new
 
 
 @dataclass
