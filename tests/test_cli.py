@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli_data import rows
 from tandemlm.cli import app
 from tandemlm.evaluate import load_object
 from tandemlm.testing import request_field
@@ -89,12 +90,6 @@ def toy(tmp_path, monkeypatch):
     (tmp_path / "toy.py").write_text(TOY)
     monkeypatch.setenv("TOY_MARKER", str(tmp_path / "ctrl-c"))
     return str(tmp_path / "toy.py")
-
-
-def rows(path, questions):
-    path.write_text("".join(json.dumps({"question": q, "answer": q.upper()}) + "\n"
-                            for q in questions))
-    return str(path)
 
 
 def run(*args):

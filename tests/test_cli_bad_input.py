@@ -10,6 +10,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from cli_data import rows
 from tandemlm.cli import app
 from tandemlm.evaluate.results_dir import read_records
 from tandemlm.testing import fill_disk_after
@@ -42,12 +43,6 @@ program = build()
 def toy(tmp_path):
     (tmp_path / "toy.py").write_text(PROGRAM)
     return str(tmp_path / "toy.py")
-
-
-def rows(path, questions):
-    path.write_text("".join(json.dumps({"question": q, "answer": q.upper()}) + "\n"
-                            for q in questions))
-    return str(path)
 
 
 def run(*args):

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from checkpoints import fake_checkpoint
 from tandemlm import Model
 from tandemlm.runtime import CallCache, ClassifyRequest, GenRequest, ScoreRequest, use_cache
 from tandemlm.runtime.cache import request_key
@@ -183,10 +184,7 @@ def test_a_well_formed_entry_is_returned_whole():
 # -- the key follows the weights ----------------------------------------------------------------
 def test_hf_weights_rewritten_in_place_miss_the_cache(tmp_path, monkeypatch):
     checkpoint = tmp_path / "model"
-    checkpoint.mkdir()
-    (checkpoint / "config.json").write_text("{}")
-    weights = checkpoint / "model.safetensors"
-    weights.write_bytes(b"weights v1")
+    weights = fake_checkpoint(checkpoint)
     model = Model("hf", str(checkpoint), device="cpu")
     seen: list[int] = []
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from checkpoints import fake_checkpoint
 from tandemlm import Model
 from tandemlm.runtime import ConfigError, Constraint, GenRequest, ScoreRequest
 
@@ -166,10 +167,7 @@ def test_a_local_checkpoint_rewritten_in_place_misses_the_call_cache(vllm, tmp_p
     from tandemlm.runtime import CallCache, use_cache
 
     checkpoint = tmp_path / "merged"
-    checkpoint.mkdir()
-    (checkpoint / "config.json").write_text("{}")
-    weights = checkpoint / "model.safetensors"
-    weights.write_bytes(b"weights v1")
+    weights = fake_checkpoint(checkpoint)
     model = Model("vllm", str(checkpoint))
     with use_cache(CallCache()):
         model.generate([_chat("hi")])
